@@ -1,0 +1,505 @@
+//! Feeds: at-least-once delivery from the log to one subscriber.
+//!
+//! A feed task owns the delivery state of one open subscription:
+//!
+//! - `next_read`: the next sequence to examine in the log;
+//! - `in_flight`: deliveries sent and not yet acknowledged, each with its
+//!   attempt count and redelivery deadline (at most `max_in_flight`);
+//! - `floor`: every sequence up to it is acknowledged or unwanted, and
+//!   `acked`: acknowledged sequences above the floor.
+//!
+//! `floor` and `acked` are the persisted cursor of a durable feed; after a
+//! reconnect or a broker restart the feed re-reads from `floor + 1` and skips
+//! what `acked` lists. Records are always read from the store; the head
+//! `watch` only says that there is something new, so a slow subscriber never
+//! loses anything and a lost wake-up costs nothing.
+//!
+//! One durable feed has at most one live task: a newer subscription cancels
+//! the older one and waits for its lock, so the two never write the cursor
+//! concurrently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{OwnedMutexGuard, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{Broker, BrokerError, DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT};
+use crate::alert::{Record, Rejection, Seq, micros, system_time};
+use crate::filter::Filter;
+use crate::identity::NodeId;
+use crate::marking::entitled;
+use crate::proto as pb;
+use crate::store::{Store, StoredFeed};
+
+/// Where a new feed starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    NewOnly,
+    All,
+    FromSeq(Seq),
+    FromTime(SystemTime),
+}
+
+/// A validated request to open a feed.
+#[derive(Debug, Clone)]
+pub struct FeedSpec {
+    /// `None` for an ephemeral feed.
+    pub name: Option<String>,
+    pub filter: Filter,
+    pub start: Start,
+    pub max_in_flight: u32,
+    pub ack_wait: Duration,
+}
+
+impl FeedSpec {
+    /// Validates an `OpenFeed` request.
+    ///
+    /// # Errors
+    /// A [`Rejection`] naming the field (`open.feed`, `open.max_in_flight`, …).
+    pub fn from_proto(open: &pb::OpenFeed) -> Result<FeedSpec, Rejection> {
+        let bad = |field: &str, rule: &str| Rejection {
+            field: format!("open.{field}"),
+            rule: rule.to_owned(),
+        };
+        let name = match open.feed.as_str() {
+            "" => None,
+            n if (1..=64).contains(&n.len())
+                && n.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)
+                }) =>
+            {
+                Some(n.to_owned())
+            }
+            _ => {
+                return Err(bad(
+                    "feed",
+                    "must match [a-z0-9_.-]{1,64} (or be empty for an ephemeral feed)",
+                ));
+            }
+        };
+        let filter = Filter::from_proto("open.filter", &open.filter.clone().unwrap_or_default())?;
+        let start = match open.start.as_ref().and_then(|s| s.position.as_ref()) {
+            None | Some(pb::start_position::Position::NewOnly(_)) => Start::NewOnly,
+            Some(pb::start_position::Position::All(_)) => Start::All,
+            Some(pb::start_position::Position::FromSeq(s)) => Start::FromSeq(Seq(*s)),
+            Some(pb::start_position::Position::FromTime(t)) => Start::FromTime(
+                system_time(t)
+                    .ok_or_else(|| bad("start.from_time", "must be a valid time after 1970"))?,
+            ),
+        };
+        let max_in_flight = match open.max_in_flight {
+            0 => DEFAULT_MAX_IN_FLIGHT,
+            n @ 1..=1024 => n,
+            _ => return Err(bad("max_in_flight", "must be between 1 and 1024")),
+        };
+        let ack_wait = match &open.ack_wait {
+            None => DEFAULT_ACK_WAIT,
+            Some(d) if d.seconds == 0 && d.nanos == 0 => DEFAULT_ACK_WAIT,
+            Some(d) => {
+                let wait = u64::try_from(d.seconds)
+                    .ok()
+                    .zip(u32::try_from(d.nanos).ok())
+                    .map(|(s, n)| Duration::new(s, n))
+                    .filter(|w| {
+                        (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(w)
+                    });
+                wait.ok_or_else(|| bad("ack_wait", "must be between 100 ms and 1 h"))?
+            }
+        };
+        Ok(FeedSpec {
+            name,
+            filter,
+            start,
+            max_in_flight,
+            ack_wait,
+        })
+    }
+}
+
+/// What the subscriber is told when the feed opens.
+#[derive(Debug, Clone)]
+pub struct FeedOpened {
+    pub name: Option<String>,
+    pub created: bool,
+    pub ack_floor: Seq,
+    pub head: Seq,
+    pub max_in_flight: u32,
+    pub ack_wait: Duration,
+}
+
+/// Events of an open feed, in order.
+#[derive(Debug)]
+pub enum FeedEvent {
+    Delivery {
+        record: Arc<Record>,
+        attempt: u32,
+    },
+    /// The last event: why the feed closed.
+    Ended(FeedEnd),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEnd {
+    TakenOver,
+    ShuttingDown,
+    Failed(String),
+}
+
+/// The subscriber's side of an open feed. Dropping `acks` (the subscriber
+/// went away) or `events` ends the feed task.
+pub struct FeedHandle {
+    pub opened: FeedOpened,
+    /// Deliveries; the feed task holds the sender.
+    pub events: mpsc::Receiver<FeedEvent>,
+    /// Acknowledged sequences; the feed task holds the receiver.
+    pub acks: mpsc::Sender<Vec<u64>>,
+}
+
+/// Registry entry of a durable feed: its lock (held by the live task) and
+/// the token that cancels the live task.
+pub(super) struct Slot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    takeover: CancellationToken,
+}
+
+/// How many acknowledged sequences above the floor a feed may accumulate,
+/// in multiples of its window, before it stops reading ahead (one delivery
+/// that is never acknowledged must not make the cursor grow without bound).
+const ACKED_SPAN_FACTOR: usize = 16;
+/// Records read from the store per step.
+const READ_CHUNK: usize = 256;
+
+pub(super) async fn open(
+    broker: &Broker,
+    owner: NodeId,
+    spec: FeedSpec,
+) -> Result<FeedHandle, BrokerError> {
+    let takeover = CancellationToken::new();
+    let guard = match &spec.name {
+        Some(name) => Some(claim(broker, &owner, name, &takeover).await?),
+        None => None,
+    };
+    let store = broker.store().clone();
+    let head = store.head();
+    let stored = match &spec.name {
+        Some(name) => store.load_feed(&owner.to_string(), name)?,
+        None => None,
+    };
+    let created = stored.is_none();
+    let (floor, acked) = match &stored {
+        Some(s) => (Seq(s.ack_floor), s.acked.iter().map(|s| Seq(*s)).collect()),
+        None => (start_floor(&store, spec.start, head)?, BTreeSet::new()),
+    };
+    let window = spec.max_in_flight as usize;
+    let (events_tx, events) = mpsc::channel(window * 2 + 1);
+    let (acks, acks_rx) = mpsc::channel(64);
+    let opened = FeedOpened {
+        name: spec.name.clone(),
+        created,
+        ack_floor: floor,
+        head,
+        max_in_flight: spec.max_in_flight,
+        ack_wait: spec.ack_wait,
+    };
+    let span =
+        info_span!("feed", owner = %owner, feed = spec.name.as_deref().unwrap_or("(ephemeral)"));
+    let mut task = FeedTask {
+        store,
+        owner,
+        name: spec.name,
+        filter: spec.filter,
+        created_us: stored.map_or_else(|| micros(SystemTime::now()), |s| s.created_us),
+        window,
+        ack_wait: spec.ack_wait,
+        next_read: floor.next(),
+        floor,
+        in_flight: BTreeMap::new(),
+        acked,
+        events: events_tx,
+        acks: acks_rx,
+        head: broker.store().watch_head(),
+        shutdown: broker.shutdown_token().clone(),
+        takeover,
+        _guard: guard,
+    };
+    task.persist();
+    tokio::spawn(task.run().instrument(span));
+    Ok(FeedHandle {
+        opened,
+        events,
+        acks,
+    })
+}
+
+/// Cancels the live task of a durable feed, if any, and waits for its lock.
+async fn claim(
+    broker: &Broker,
+    owner: &NodeId,
+    name: &str,
+    takeover: &CancellationToken,
+) -> Result<OwnedMutexGuard<()>, BrokerError> {
+    let lock = {
+        let mut feeds = broker.feeds();
+        let slot = feeds
+            .entry((owner.clone(), name.to_owned()))
+            .or_insert_with(|| Slot {
+                lock: Arc::new(tokio::sync::Mutex::new(())),
+                takeover: CancellationToken::new(),
+            });
+        let older = std::mem::replace(&mut slot.takeover, takeover.clone());
+        older.cancel();
+        slot.lock.clone()
+    };
+    let guard = tokio::select! {
+        g = lock.lock_owned() => g,
+        () = broker.shutdown_token().cancelled() => return Err(BrokerError::ShuttingDown),
+    };
+    if takeover.is_cancelled() {
+        return Err(BrokerError::TakenOver);
+    }
+    Ok(guard)
+}
+
+fn start_floor(store: &Store, start: Start, head: Seq) -> Result<Seq, BrokerError> {
+    Ok(match start {
+        Start::NewOnly => head,
+        Start::All => Seq(0),
+        Start::FromSeq(s) => Seq(s.0.saturating_sub(1)),
+        Start::FromTime(t) => Seq(store.seq_at_time(t)?.0.saturating_sub(1)),
+    })
+}
+
+struct InFlight {
+    record: Arc<Record>,
+    attempt: u32,
+    deadline: Instant,
+}
+
+struct FeedTask {
+    store: Store,
+    owner: NodeId,
+    name: Option<String>,
+    filter: Filter,
+    created_us: u64,
+    window: usize,
+    ack_wait: Duration,
+    next_read: Seq,
+    floor: Seq,
+    in_flight: BTreeMap<Seq, InFlight>,
+    acked: BTreeSet<Seq>,
+    /// Deliveries to the subscriber, who holds the receiver.
+    events: mpsc::Sender<FeedEvent>,
+    /// Acks from the subscriber, who holds the sender.
+    acks: mpsc::Receiver<Vec<u64>>,
+    head: watch::Receiver<Seq>,
+    shutdown: CancellationToken,
+    takeover: CancellationToken,
+    /// Held for the task's life: the feed's lock (durable feeds only).
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+/// Why the loop stopped; `None` when the subscriber went away.
+type Stop = Option<FeedEnd>;
+
+impl FeedTask {
+    async fn run(mut self) {
+        let end = loop {
+            if let Err(stop) = self.step().await {
+                break stop;
+            }
+        };
+        self.persist();
+        match end {
+            Some(end) => {
+                debug!(?end, "feed closed");
+                let _ = self.events.try_send(FeedEvent::Ended(end));
+            }
+            None => debug!("subscriber went away"),
+        }
+    }
+
+    /// One round: read and deliver what fits, then wait for the next thing
+    /// to do.
+    async fn step(&mut self) -> Result<(), Stop> {
+        self.fill().await?;
+        let has_room = self.has_room();
+        let caught_up = self.next_read > self.store.head();
+        if has_room && !caught_up {
+            // More to read: take pending acks and stops, then go on reading.
+            while let Ok(seqs) = self.acks.try_recv() {
+                self.ack(&seqs);
+            }
+            return self.check_cancelled();
+        }
+        let deadline = self.in_flight.values().map(|f| f.deadline).min();
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return Err(Some(FeedEnd::ShuttingDown)),
+            () = self.takeover.cancelled() => return Err(Some(FeedEnd::TakenOver)),
+            acks = self.acks.recv() => match acks {
+                Some(seqs) => self.ack(&seqs),
+                None => return Err(None),
+            },
+            changed = self.head.changed(), if has_room => {
+                if changed.is_err() {
+                    return Err(Some(FeedEnd::ShuttingDown));
+                }
+            }
+            () = sleep_until(deadline), if deadline.is_some() => self.redeliver().await?,
+        }
+        Ok(())
+    }
+
+    fn check_cancelled(&self) -> Result<(), Stop> {
+        if self.shutdown.is_cancelled() {
+            return Err(Some(FeedEnd::ShuttingDown));
+        }
+        if self.takeover.is_cancelled() {
+            return Err(Some(FeedEnd::TakenOver));
+        }
+        Ok(())
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < self.window && self.acked.len() < self.window * ACKED_SPAN_FACTOR
+    }
+
+    /// Reads one chunk from `next_read` and delivers what the subscriber
+    /// wants and may see, as far as the window allows.
+    async fn fill(&mut self) -> Result<(), Stop> {
+        if !self.has_room() || self.next_read > self.store.head() {
+            return Ok(());
+        }
+        let room = self.window - self.in_flight.len();
+        let chunk = self
+            .store
+            .scan(self.next_read, READ_CHUNK.min(room * 4).max(1))
+            .map_err(|e| Some(FeedEnd::Failed(e.to_string())))?;
+        if let Some(first) = chunk.first()
+            && first.seq > self.next_read
+        {
+            warn!(
+                missed = first.seq.0 - self.next_read.0,
+                from_seq = self.next_read.0,
+                "alerts removed by retention before this feed received them"
+            );
+        }
+        if chunk.is_empty() {
+            // Everything up to the head was pruned.
+            self.next_read = self.store.head().next();
+        }
+        for record in chunk {
+            self.next_read = record.seq.next();
+            if self.acked.contains(&record.seq) {
+                continue;
+            }
+            if self.filter.matches(&record.alert) && entitled(&record.alert, &self.owner) {
+                let seq = record.seq;
+                self.send(FeedEvent::Delivery {
+                    record: record.clone(),
+                    attempt: 1,
+                })
+                .await?;
+                self.in_flight.insert(
+                    seq,
+                    InFlight {
+                        record,
+                        attempt: 1,
+                        deadline: Instant::now() + self.ack_wait,
+                    },
+                );
+                if !self.has_room() {
+                    break;
+                }
+            }
+        }
+        self.advance_floor();
+        Ok(())
+    }
+
+    async fn send(&self, event: FeedEvent) -> Result<(), Stop> {
+        tokio::select! {
+            sent = self.events.send(event) => sent.map_err(|_| None),
+            () = self.shutdown.cancelled() => Err(Some(FeedEnd::ShuttingDown)),
+            () = self.takeover.cancelled() => Err(Some(FeedEnd::TakenOver)),
+        }
+    }
+
+    async fn redeliver(&mut self) -> Result<(), Stop> {
+        let now = Instant::now();
+        let due: Vec<Seq> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            let Some(f) = self.in_flight.get_mut(&seq) else {
+                continue;
+            };
+            f.attempt += 1;
+            f.deadline = now + self.ack_wait;
+            let event = FeedEvent::Delivery {
+                record: f.record.clone(),
+                attempt: f.attempt,
+            };
+            debug!(seq = seq.0, attempt = f.attempt, "redelivering");
+            self.send(event).await?;
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, seqs: &[u64]) {
+        let mut changed = false;
+        for seq in seqs.iter().map(|s| Seq(*s)) {
+            if self.in_flight.remove(&seq).is_some() {
+                self.acked.insert(seq);
+                changed = true;
+            }
+        }
+        if changed {
+            self.advance_floor();
+            self.persist();
+        }
+    }
+
+    /// Moves the floor up to just below the oldest unacknowledged delivery
+    /// (or everything read), and forgets acks at or below it.
+    fn advance_floor(&mut self) {
+        let floor = match self.in_flight.keys().next() {
+            Some(oldest) => Seq(oldest.0 - 1),
+            None => Seq(self.next_read.0 - 1),
+        };
+        if floor > self.floor {
+            self.floor = floor;
+            self.acked = self.acked.split_off(&floor.next());
+        }
+    }
+
+    fn persist(&mut self) {
+        let Some(name) = &self.name else {
+            return;
+        };
+        let state = StoredFeed {
+            filter: Some(self.filter.to_proto()),
+            ack_floor: self.floor.0,
+            acked: self.acked.iter().map(|s| s.0).collect(),
+            created_us: self.created_us,
+        };
+        if let Err(e) = self.store.save_feed(&self.owner.to_string(), name, &state) {
+            // The feed keeps working; the cursor is saved with the next ack.
+            warn!(error = %e, "cannot save the feed cursor");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

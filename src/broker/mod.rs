@@ -1,0 +1,268 @@
+//! The broker core: publish, history and feeds, on top of the [`Store`].
+//! Transport-agnostic: the gRPC service, the CLI and the tests drive it with
+//! a caller identity and domain values; it never sees tonic.
+
+mod feed;
+mod retention;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub use feed::{FeedEnd, FeedEvent, FeedHandle, FeedOpened, FeedSpec, Start};
+pub use retention::Retention;
+
+use crate::alert::{self, Alert, AlertId, Limits, Record, Rejection, Seq};
+use crate::filter::Filter;
+use crate::identity::NodeId;
+use crate::marking::entitled;
+use crate::proto as pb;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("no such alert")]
+    NotFound,
+    #[error("the feed was taken over by a newer subscription")]
+    TakenOver,
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Settings of the core.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    pub limits: Limits,
+    pub retention: Retention,
+}
+
+/// What a publisher is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    pub id: AlertId,
+    pub seq: Seq,
+    pub received_at: SystemTime,
+    pub duplicate: bool,
+}
+
+/// A history query.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub filter: Filter,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub page_size: usize,
+    /// Continue after this sequence (from a previous page).
+    pub after: Option<Seq>,
+}
+
+/// One page of history; `next` continues it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub records: Vec<Arc<Record>>,
+    pub next: Option<Seq>,
+}
+
+/// Records examined per history call at most, so that a selective filter
+/// over a large log cannot make one call run for long.
+const LIST_SCAN_BUDGET: usize = 10_000;
+
+/// A cheap-to-clone handle to the broker core.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: BrokerConfig,
+    /// Durable feeds with a live subscription. A std mutex: held only to
+    /// look up or replace an entry, never across an `.await`.
+    feeds: Mutex<HashMap<(NodeId, String), feed::Slot>>,
+    /// Cancelled when the broker shuts down; every feed task watches it.
+    shutdown: CancellationToken,
+}
+
+impl Broker {
+    pub fn new(store: Store, config: BrokerConfig, shutdown: CancellationToken) -> Broker {
+        Broker {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                feeds: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    /// Validates `msg`, sets its origin to `origin` and stores it; answers
+    /// once it is on disk. A re-published id answers with the original
+    /// sequence, flagged duplicate.
+    ///
+    /// # Errors
+    /// [`BrokerError::Rejected`] naming the field and rule; storage errors.
+    pub async fn publish(
+        &self,
+        origin: &NodeId,
+        msg: pb::Alert,
+    ) -> Result<PublishAck, BrokerError> {
+        self.submit(origin, msg).await?.await
+    }
+
+    /// Validates and queues a publish, returning the future of its
+    /// acknowledgement. Submissions are stored in the order they were made:
+    /// a stream of publishes submits one after the other and awaits the
+    /// acknowledgements concurrently, keeping its order.
+    ///
+    /// # Errors
+    /// [`BrokerError::Rejected`] naming the field and rule; the outer error
+    /// when the store is closed, the inner one on storage failures.
+    pub async fn submit(
+        &self,
+        origin: &NodeId,
+        msg: pb::Alert,
+    ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let alert = alert::validate(msg, origin, &self.inner.config.limits, SystemTime::now())?;
+        self.submit_valid(alert).await
+    }
+
+    /// Queues an alert that is already validated; see [`Broker::submit`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn submit_valid(
+        &self,
+        alert: Alert,
+    ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
+        let id = alert.id;
+        let pending = self.inner.store.submit(alert).await?;
+        Ok(async move {
+            let appended = pending.await?;
+            if appended.duplicate {
+                debug!(%id, seq = %appended.seq, "duplicate publish");
+            }
+            Ok(PublishAck {
+                id,
+                seq: appended.seq,
+                received_at: appended.received_at,
+                duplicate: appended.duplicate,
+            })
+        })
+    }
+
+    /// The alert with this id, if `viewer` may see it.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] both when it does not exist and when the
+    /// viewer is not entitled, so that existence does not leak.
+    pub fn get(&self, viewer: &NodeId, id: &AlertId) -> Result<Arc<Record>, BrokerError> {
+        match self.inner.store.get_by_id(id)? {
+            Some(r) if entitled(&r.alert, viewer) => Ok(r),
+            _ => Err(BrokerError::NotFound),
+        }
+    }
+
+    /// A page of stored alerts matching `query` that `viewer` may see, oldest
+    /// first.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn list(&self, viewer: &NodeId, query: &ListQuery) -> Result<Page, BrokerError> {
+        let store = &self.inner.store;
+        let mut from = match query.since {
+            Some(t) => store.seq_at_time(t)?,
+            None => Seq(1),
+        };
+        if let Some(after) = query.after {
+            from = from.max(after.next());
+        }
+        let page_size = query.page_size.clamp(1, 1000);
+        let mut page = Page::default();
+        let mut examined = 0;
+        while examined < LIST_SCAN_BUDGET {
+            let chunk = store.scan(from, 256)?;
+            let Some(last) = chunk.last() else {
+                return Ok(page);
+            };
+            from = last.seq.next();
+            for r in chunk {
+                examined += 1;
+                if query.until.is_some_and(|u| r.received_at >= u) {
+                    page.next = None;
+                    return Ok(page);
+                }
+                if query.filter.matches(&r.alert) && entitled(&r.alert, viewer) {
+                    page.records.push(r.clone());
+                }
+                page.next = Some(r.seq);
+                if page.records.len() == page_size {
+                    // Only promise a next page when there is something after.
+                    if r.seq >= store.head() {
+                        page.next = None;
+                    }
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Opens a feed for `owner`. A durable feed that another subscription
+    /// holds is taken over: the older one ends with [`FeedEnd::TakenOver`].
+    ///
+    /// # Errors
+    /// Storage errors; [`BrokerError::TakenOver`] when an even newer
+    /// subscription took the feed while this one waited for it.
+    pub async fn open_feed(
+        &self,
+        owner: NodeId,
+        spec: FeedSpec,
+    ) -> Result<FeedHandle, BrokerError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        feed::open(self, owner, spec).await
+    }
+
+    /// Runs the retention loop until shutdown.
+    pub async fn run_retention(self) {
+        let r = self.inner.config.retention.clone();
+        if r.max_age.is_none() && r.max_bytes.is_none() {
+            return;
+        }
+        info!(max_age = ?r.max_age, max_bytes = ?r.max_bytes, "retention enabled");
+        retention::run(self.inner.store.clone(), r, self.inner.shutdown.clone()).await;
+    }
+
+    fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, String), feed::Slot>> {
+        // Entries are replaced whole; a poisoned map is still consistent.
+        self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Default time a delivery may stay unacknowledged.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Default flow-control window.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;

@@ -1,0 +1,126 @@
+//! The `liaison` command line: argument definitions and the commands behind
+//! them. `main.rs` only parses, sets up logging and calls [`run`].
+
+mod alert_args;
+mod bench;
+mod client_cmds;
+mod conn;
+pub mod json;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use alert_args::AlertArgs;
+pub use bench::BenchArgs;
+pub use client_cmds::{FilterArgs, GetArgs, HistoryArgs, PublishArgs, SubscribeArgs};
+pub use conn::ConnArgs;
+pub use serve::ServeArgs;
+
+/// Liaison: a message broker for cross-border alert sharing between border
+/// agencies (mutual-TLS gRPC publish/subscribe with durable feeds).
+#[derive(Debug, Parser)]
+#[command(name = "liaison", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on standard error (filter with RUST_LOG, e.g. RUST_LOG=liaison=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LIAISON_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a broker. With no flags: listens on 127.0.0.1:7443, keeps data in
+    /// ./data and creates a development PKI in ./certs if none exists.
+    Serve(ServeArgs),
+    /// Development PKI: a CA, the broker's certificate and node certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Publish one alert and print the acknowledgement as JSON.
+    Publish(Box<PublishArgs>),
+    /// Follow a feed: print each alert, then acknowledge it.
+    Subscribe(SubscribeArgs),
+    /// Fetch one alert by id.
+    Get(GetArgs),
+    /// List stored alerts by filter and time range.
+    History(HistoryArgs),
+    /// Measure publish throughput and latency against a broker.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create D/ca.crt, D/ca.key, D/broker.crt and D/broker.key.
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Extra DNS name or IP address for the broker certificate (repeatable);
+        /// localhost, 127.0.0.1 and ::1 are always included.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue D/NAME.crt and D/NAME.key for a node, signed by D/ca.key.
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The node's identity, urn:liaison:<CC>:<agency>:<node>.
+        #[arg(long)]
+        node: crate::identity::NodeId,
+        /// File name for the certificate and key (NAME.crt, NAME.key).
+        #[arg(long)]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Any failure of the command, to be printed by `main`.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Certs(cmd) => certs(cmd),
+        Command::Publish(args) => client_cmds::publish(*args).await,
+        Command::Subscribe(args) => client_cmds::subscribe(args).await,
+        Command::Get(args) => client_cmds::get(args).await,
+        Command::History(args) => client_cmds::history(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
+    let written = match cmd {
+        CertsCommand::Init { dir, hosts, force } => crate::pki::init(&dir, &hosts, force)?,
+        CertsCommand::Issue {
+            dir,
+            node,
+            name,
+            days,
+            force,
+        } => crate::pki::issue_node(&dir, &node, &name, days, force)?,
+    };
+    for f in written.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

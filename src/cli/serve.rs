@@ -1,0 +1,136 @@
+//! `liaison serve`: flags, the development-PKI bootstrap and signal handling
+//! around [`crate::server::run`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::alert_args::parse_duration;
+use crate::broker::Retention;
+use crate::pki;
+use crate::server::{self, ServeConfig};
+use crate::tls::TlsFiles;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LIAISON_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Data directory (created if missing).
+    #[arg(long, env = "LIAISON_DATA", default_value = "data")]
+    pub data: PathBuf,
+    /// PKI directory with ca.crt, broker.crt and broker.key. A development
+    /// PKI is created here when it holds no ca.crt.
+    #[arg(long, env = "LIAISON_CERTS", default_value = "certs")]
+    pub certs: PathBuf,
+    /// Largest accepted alert, attachments included, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_alert_bytes: usize,
+    /// Remove alerts older than this ("365days", "90d"; "0" keeps them forever).
+    #[arg(long, default_value = "365days")]
+    pub retain: String,
+    /// Remove the oldest alerts while the log is larger than this many bytes (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub retain_bytes: u64,
+    /// How long open streams get to close on shutdown.
+    #[arg(long, default_value = "10s")]
+    pub shutdown_grace: String,
+}
+
+/// A banner on standard error: the operator must not miss it.
+fn loud(lines: &[String]) {
+    let bar = "=".repeat(78);
+    eprintln!("{bar}");
+    for l in lines {
+        eprintln!("  {l}");
+    }
+    eprintln!("{bar}");
+}
+
+/// Creates a development PKI in `dir` when it has no CA yet.
+fn ensure_dev_pki(dir: &Path, listen: &SocketAddr) -> Result<()> {
+    let broker_crt = dir.join(format!("{}.crt", pki::BROKER_NAME));
+    if dir.join(pki::CA_CERT).exists() && broker_crt.exists() {
+        return Ok(());
+    }
+    if dir.join(pki::CA_CERT).exists() {
+        let ca = pki::Ca::load(dir)
+            .with_context(|| format!("{} has a CA but no broker certificate", dir.display()))?;
+        pki::write_leaf(dir, pki::BROKER_NAME, &ca.issue_broker(&[])?)?;
+        warn!(dir = %dir.display(), "issued a broker certificate from the existing CA");
+        return Ok(());
+    }
+    pki::init(dir, &[], false)?;
+    let d = dir.display();
+    loud(&[
+        format!("NO PKI FOUND: created a DEVELOPMENT certificate authority in {d}/"),
+        format!("({d}/ca.crt, ca.key, broker.crt, broker.key). Not for real deployments."),
+        String::new(),
+        "Issue a node certificate and publish, from this directory:".into(),
+        format!(
+            "  cargo run --release -- certs issue --dir {d} --node urn:liaison:TJ:border-guard:ishkashim --name ishkashim"
+        ),
+        format!(
+            "  cargo run --release -- publish --broker https://{listen} --certs {d} --name ishkashim --category drugs --severity severe --headline \"Test alert\""
+        ),
+    ]);
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    ensure_dev_pki(&args.certs, &args.listen)?;
+    let mut config = ServeConfig::new(
+        TlsFiles::in_dir(&args.certs, pki::BROKER_NAME),
+        args.data.clone(),
+    );
+    config.broker.limits.max_alert_bytes = args.max_alert_bytes;
+    let retain = parse_duration(&args.retain)?;
+    config.broker.retention = Retention {
+        max_age: (!retain.is_zero()).then_some(retain),
+        max_bytes: (args.retain_bytes > 0).then_some(args.retain_bytes),
+        ..Retention::default()
+    };
+    config.shutdown_grace = parse_duration(&args.shutdown_grace)?;
+    if !args.data.exists() {
+        warn!(data = %args.data.display(), "no data directory: creating a new, empty store");
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // A line on standard output that scripts and tests wait for.
+    println!("liaison: listening on https://{addr}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    server::run(listener, config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
+async fn on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    for n in 0.. {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if n > 0 {
+            warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+        info!("shutting down: closing streams and flushing the store");
+        shutdown.cancel();
+    }
+}

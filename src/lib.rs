@@ -1,0 +1,54 @@
+//! Liaison: a message broker for cross-border alert sharing between border
+//! agencies.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`identity`] | `urn:liaison:<CC>:<agency>:<node>` identities, read from certificates |
+//! | [`pki`] | the development PKI behind `liaison certs` |
+//! | [`tls`] | rustls server config and the accept loop that attaches a [`tls::Peer`] to each connection |
+//! | [`alert`] | the validated alert, its id and sequence types, validation rules |
+//! | [`filter`], [`marking`] | what a feed wants, and what a node may ever see |
+//! | [`store`] | sled: the log, its indexes, feed cursors; group commit (only module touching sled) |
+//! | [`broker`] | the core: publish, history, feeds with at-least-once delivery, retention |
+//! | [`grpc`] | the thin tonic adapter: identity from the connection, protobuf ⇄ core, errors ⇄ status |
+//! | [`server`] | `run(listener, config, shutdown)`: wires it all together |
+//! | [`client`] | connecting to a broker as a node |
+//! | [`cli`] | the `liaison` command line |
+//!
+//! # How one alert flows
+//!
+//! A post calls `Publish` over mutual TLS. [`tls::incoming`] completed the
+//! handshake and parsed the caller's [`identity::NodeId`] from its certificate;
+//! [`grpc`] reads it from the request, [`alert::validate`] checks every field
+//! and sets the origin, and [`broker::Broker::publish`] hands the alert to the
+//! [`store`]'s writer thread. The writer batches every pending alert into one
+//! atomic sled batch, flushes once, and only then acknowledges all of them and
+//! advances the head `watch`. Each open feed task (in [`broker`]) wakes on the
+//! head, reads the new records by sequence, applies its [`filter`] and the
+//! [`marking`] rules for its owner, and delivers them; the subscriber's acks
+//! move the feed's persisted cursor.
+
+pub mod alert;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod filter;
+pub mod grpc;
+pub mod identity;
+pub mod marking;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+/// Generated protobuf types and gRPC stubs of `proto/liaison/v1`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("liaison.v1");
+
+    /// Encoded descriptor set of the API, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("liaison_descriptor");
+}

@@ -1,0 +1,449 @@
+//! The durable store: the only module that touches sled.
+//!
+//! - The **log** holds every accepted alert by sequence number, with an id
+//!   index (dedupe, get by id) and a time index (start from a time, list by
+//!   time range). Exactly one thread, the [writer](writer), changes it: it
+//!   takes every pending append, applies them as one atomic sled batch and
+//!   flushes once for all of them (group commit) before anyone is answered.
+//! - **Feed state** (filter and cursor of durable feeds) is written directly;
+//!   it becomes durable with the next flush. Losing the newest acks in a
+//!   crash only means redelivery, which at-least-once allows.
+//! - Committed records also go into a small in-memory cache of the newest
+//!   records, so live feeds read them without decoding anything.
+//!
+//! Readers learn about new records through a `watch` of the head sequence:
+//! the channel only wakes, the data is always read from the store.
+
+mod keys;
+mod recent;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
+use crate::proto as pb;
+use recent::Recent;
+pub use writer::{Appended, Pruned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failure: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    #[error("stored data is corrupt at {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("the store is closed")]
+    Closed,
+    #[error("storage failure: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    fn from_sled(e: sled::Error) -> Self {
+        match &e {
+            sled::Error::Io(io) if io.raw_os_error() == Some(28) => {
+                StoreError::DiskFull(io.to_string())
+            }
+            _ => StoreError::Sled(e),
+        }
+    }
+}
+
+/// Persisted state of one durable feed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredFeed {
+    #[prost(message, optional, tag = "1")]
+    pub filter: Option<pb::Filter>,
+    /// Every seq up to and including this one is acknowledged or unwanted.
+    #[prost(uint64, tag = "2")]
+    pub ack_floor: u64,
+    /// Seqs above the floor that are acknowledged already.
+    #[prost(uint64, repeated, tag = "3")]
+    pub acked: Vec<u64>,
+    #[prost(uint64, tag = "4")]
+    pub created_us: u64,
+}
+
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// sled page cache.
+    pub cache_bytes: u64,
+    /// Most appends committed by one flush.
+    pub max_batch: usize,
+    /// Bytes of decoded records kept in memory for live feeds.
+    pub recent_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 256 * 1024 * 1024,
+            max_batch: 4096,
+            recent_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A cheap-to-clone handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    log: sled::Tree,
+    feeds: sled::Tree,
+    /// Requests to the writer thread, which holds the receiver. Bounded: when
+    /// the disk cannot keep up, publishers wait here.
+    writer: mpsc::Sender<writer::Command>,
+    /// The newest committed seq; the writer holds the sender.
+    head: watch::Receiver<Seq>,
+    /// Newest committed records. A std mutex: critical sections are a few
+    /// pointer copies and never cross an `.await`.
+    recent: Arc<Mutex<Recent>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    ///
+    /// # Errors
+    /// When sled cannot open the directory or the stored meta data is corrupt.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            // We flush explicitly on every commit; the background flusher only
+            // adds I/O.
+            .flush_every_ms(None)
+            .open()
+            .map_err(StoreError::from_sled)?;
+        let log = db.open_tree("log")?;
+        let feeds = db.open_tree("feeds")?;
+        let state = writer::State::load(&log)?;
+        let (head_tx, head) = watch::channel(state.head());
+        let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
+        let (tx, rx) = mpsc::channel(config.max_batch * 2);
+        let w = writer::Writer {
+            db: db.clone(),
+            log: log.clone(),
+            rx,
+            head: head_tx,
+            recent: recent.clone(),
+            state,
+            max_batch: config.max_batch,
+        };
+        let thread = std::thread::Builder::new()
+            .name("liaison-store-writer".into())
+            .spawn(move || w.run())
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                log,
+                feeds,
+                writer: tx,
+                head,
+                recent,
+                writer_thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends a validated alert and answers once it is flushed to disk, or
+    /// with the original sequence if its id is already stored.
+    ///
+    /// # Errors
+    /// On a storage failure (full disk included); nothing is stored then.
+    pub async fn append(&self, alert: Alert) -> Result<Appended, StoreError> {
+        self.submit(alert).await?.await
+    }
+
+    /// Queues an append and returns the future of its answer. Appends are
+    /// committed in the order they were submitted, so a caller that submits
+    /// in order (one stream of one origin) gets sequences in that order while
+    /// it waits for many acknowledgements at once.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the writer has stopped.
+    pub async fn submit(
+        &self,
+        alert: Alert,
+    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
+    {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Command::Append { alert, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
+    }
+
+    /// Deletes the oldest records while they are older than `max_age` or the
+    /// log is larger than `max_bytes`.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn prune(
+        &self,
+        max_age: Option<Duration>,
+        max_bytes: Option<u64>,
+    ) -> Result<Pruned, StoreError> {
+        let cutoff = max_age.and_then(|age| SystemTime::now().checked_sub(age));
+        self.call(|reply| writer::Command::Prune {
+            cutoff,
+            max_bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Flushes everything (feed state included) to disk.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.call(|reply| writer::Command::Flush { reply }).await
+    }
+
+    /// The newest committed sequence (0 when empty).
+    pub fn head(&self) -> Seq {
+        *self.inner.head.borrow()
+    }
+
+    /// A receiver that changes whenever new records are committed.
+    pub fn watch_head(&self) -> watch::Receiver<Seq> {
+        self.inner.head.clone()
+    }
+
+    /// Reads the record with sequence `seq`.
+    ///
+    /// # Errors
+    /// On a storage failure or a corrupt record.
+    pub fn get(&self, seq: Seq) -> Result<Option<Arc<Record>>, StoreError> {
+        if let Some(r) = self.recent().get(seq) {
+            return Ok(Some(r));
+        }
+        self.inner
+            .log
+            .get(keys::alert(seq))?
+            .map(|v| decode_record(seq, &v))
+            .transpose()
+    }
+
+    /// Reads the record of an alert id.
+    ///
+    /// # Errors
+    /// On a storage failure or a corrupt record.
+    pub fn get_by_id(&self, id: &AlertId) -> Result<Option<Arc<Record>>, StoreError> {
+        match self.inner.log.get(keys::id(id))? {
+            Some(v) => {
+                let (seq, _) = keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", id))?;
+                self.get(seq)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` records with sequence `from` or later, in order.
+    ///
+    /// # Errors
+    /// On a storage failure or a corrupt record.
+    pub fn scan(&self, from: Seq, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+        let cached = self.recent().range(from, limit);
+        if !cached.is_empty() && cached[0].seq == from {
+            return Ok(cached);
+        }
+        let mut out = Vec::new();
+        for kv in self
+            .inner
+            .log
+            .range(keys::alert(from)..keys::alert(Seq(u64::MAX)))
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
+            out.push(decode_record(seq, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The oldest retained sequence, if any.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn first_seq(&self) -> Result<Option<Seq>, StoreError> {
+        let first = self
+            .inner
+            .log
+            .range(keys::alert(Seq(0))..keys::alert(Seq(u64::MAX)))
+            .next()
+            .transpose()?;
+        Ok(first.and_then(|(k, _)| keys::alert_seq(&k)))
+    }
+
+    /// The first sequence received at or after `t` (the next one to be
+    /// assigned when there is none).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn seq_at_time(&self, t: SystemTime) -> Result<Seq, StoreError> {
+        let from = keys::time(micros(t), Seq(0));
+        let to = keys::time(u64::MAX, Seq(u64::MAX));
+        match self.inner.log.range(from..to).next().transpose()? {
+            Some((k, _)) => keys::time_seq(&k).ok_or_else(|| corrupt("time key", format!("{k:?}"))),
+            None => Ok(self.head().next()),
+        }
+    }
+
+    /// Loads the state of a durable feed.
+    ///
+    /// # Errors
+    /// On a storage failure or corrupt state.
+    pub fn load_feed(&self, owner: &str, name: &str) -> Result<Option<StoredFeed>, StoreError> {
+        let key = keys::feed(owner, name);
+        self.inner
+            .feeds
+            .get(&key)?
+            .map(|v| StoredFeed::decode(v.as_ref()).map_err(|e| corrupt("feed", e)))
+            .transpose()
+    }
+
+    /// Saves the state of a durable feed (durable with the next flush).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn save_feed(&self, owner: &str, name: &str, feed: &StoredFeed) -> Result<(), StoreError> {
+        self.inner
+            .feeds
+            .insert(keys::feed(owner, name), feed.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Every durable feed as (owner, name, state).
+    ///
+    /// # Errors
+    /// On a storage failure or corrupt state.
+    pub fn list_feeds(&self) -> Result<Vec<(String, String, StoredFeed)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.feeds.iter() {
+            let (k, v) = kv?;
+            let split = k
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| corrupt("feed key", format!("{k:?}")))?;
+            let owner = String::from_utf8_lossy(&k[..split]).into_owned();
+            let name = String::from_utf8_lossy(&k[split + 1..]).into_owned();
+            out.push((
+                owner,
+                name,
+                StoredFeed::decode(v.as_ref()).map_err(|e| corrupt("feed", e))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Total encoded size of the retained alerts, in bytes.
+    pub fn log_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .log
+            .get(keys::META_BYTES)?
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0))
+    }
+
+    /// Stops the writer after it has committed everything queued, and flushes.
+    /// Idempotent; later calls that need the writer fail with `Closed`.
+    ///
+    /// # Errors
+    /// When the final flush fails.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.flush().await;
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .map(|mut h| h.take())
+            .unwrap_or(None);
+        if let Some(handle) = handle {
+            // Closing is rare; a blocking join in spawn_blocking keeps the
+            // runtime free.
+            let (stop, done) = oneshot::channel();
+            let _ = self
+                .inner
+                .writer
+                .send(writer::Command::Stop { done: stop })
+                .await;
+            let _ = done.await;
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        match flushed {
+            Err(StoreError::Closed) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Flushes synchronously (for the crash tests and tools that do not run
+    /// a writer-aware shutdown).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map_err(StoreError::from_sled)?;
+        Ok(())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // A poisoned lock only means another thread panicked mid-update of a
+        // cache; the cache is rebuilt from the log on misses, so keep going.
+        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Arc<Record>, StoreError> {
+    let rec = pb::AlertRecord::decode(bytes).map_err(|e| corrupt(&format!("alert {seq}"), e))?;
+    let body = rec
+        .alert
+        .ok_or_else(|| corrupt(&format!("alert {seq}"), "no alert"))?;
+    let alert = Alert::from_stored(body).map_err(|e| corrupt(&format!("alert {seq}"), e))?;
+    let received_at = rec
+        .received_at
+        .as_ref()
+        .and_then(crate::alert::system_time)
+        .unwrap_or_else(|| from_micros(0));
+    Ok(Arc::new(Record {
+        seq,
+        received_at,
+        alert,
+    }))
+}

@@ -1,0 +1,269 @@
+//! Mutual TLS for the broker's listener: the rustls server configuration
+//! (TLS 1.3 only, client certificate required, ring provider), and the
+//! accept loop that hands authenticated connections to tonic.
+//!
+//! We terminate TLS ourselves instead of using tonic's built-in TLS so that
+//! the handshake runs off the accept loop with a deadline, every refusal is
+//! logged once with its reason, and the caller's identity is parsed once per
+//! connection and travels with it as [`Peer`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+use tracing::{debug, info, warn};
+
+use crate::identity::{IdentityError, NodeId};
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} holds no PEM {what}")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+}
+
+/// Paths of the PEM files one side of a mutual-TLS connection needs.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signs the other side's certificate.
+    pub ca: PathBuf,
+    /// This side's certificate (chain).
+    pub cert: PathBuf,
+    /// This side's private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The `--certs D --name N` shorthand: `D/ca.crt`, `D/N.crt`, `D/N.key`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self {
+            ca: dir.join(crate::pki::CA_CERT),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads every certificate of a PEM file.
+///
+/// # Errors
+/// When the file is unreadable, malformed or holds no certificate.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::Empty {
+            path: path.to_owned(),
+            what: "private key",
+        })
+}
+
+/// The broker's rustls configuration: TLS 1.3 only, a client certificate
+/// signed by `files.ca` required, HTTP/2 by ALPN.
+///
+/// # Errors
+/// When a file is missing or malformed, or the key does not match.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(&files.ca)? {
+        roots.add(ca).map_err(|e| TlsError::Invalid {
+            path: files.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", files.key.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Who is on the other end of a connection, established once at the
+/// handshake and attached to every request on it (tonic request extensions).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The identity from the client certificate, or why there is none.
+    pub identity: Result<NodeId, IdentityError>,
+    pub remote: SocketAddr,
+}
+
+/// An authenticated TLS connection carrying its [`Peer`].
+pub struct PeerStream {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections on `listener` and completes TLS handshakes, each
+/// in its own task with a deadline, until `shutdown` is cancelled. The
+/// returned stream yields the connections that passed the handshake; it is
+/// meant for tonic's `serve_with_incoming_shutdown`.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<PeerStream, io::Error>> {
+    // The accept loop holds the sender; tonic holds the receiver. Bounded so
+    // that a flood of handshakes cannot queue without limit.
+    let (tx, rx) = mpsc::channel(256);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(stream) = handshake(acceptor, tcp, remote).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+        debug!("accept loop stopped");
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) -> Option<PeerStream> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            warn!(%remote, reason = %e, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            info!(%remote, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let identity = match tls.get_ref().1.peer_certificates() {
+        Some([leaf, ..]) => NodeId::from_certificate(leaf),
+        _ => Err(IdentityError::NoCertificate),
+    };
+    match &identity {
+        Ok(node) => debug!(%remote, %node, "node connected"),
+        Err(e) => warn!(%remote, reason = %e, "certificate carries no usable identity"),
+    }
+    Some(PeerStream {
+        inner: tls,
+        peer: Peer { identity, remote },
+    })
+}
