@@ -1,0 +1,327 @@
+//! The command line as the README uses it: certs, serve, publish,
+//! subscribe, get, history, run as separate processes.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use common::ServeProcess;
+
+fn liaison(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run liaison")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn certs_init_and_issue_write_the_documented_layout() {
+    let dir = tempfile::tempdir().expect("tmp");
+    ok(liaison(
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "pki",
+            "--host",
+            "broker.tj.example",
+        ],
+        dir.path(),
+    ));
+    ok(liaison(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "pki",
+            "--node",
+            "urn:liaison:TJ:border-guard:ishkashim",
+            "--name",
+            "ishkashim",
+        ],
+        dir.path(),
+    ));
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "broker.crt",
+        "broker.key",
+        "ishkashim.crt",
+        "ishkashim.key",
+    ] {
+        let meta = std::fs::metadata(dir.path().join("pki").join(f)).expect(f);
+        if f.ends_with(".key") {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+        let text = std::fs::read_to_string(dir.path().join("pki").join(f)).expect(f);
+        assert!(text.starts_with("-----BEGIN"), "{f} is PEM");
+    }
+    // A second init does not silently replace the CA; a bad URN is refused.
+    assert!(
+        !liaison(&["certs", "init", "--dir", "pki"], dir.path())
+            .status
+            .success()
+    );
+    let bad = liaison(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "pki",
+            "--node",
+            "urn:liaison:tj:x:y",
+            "--name",
+            "x",
+        ],
+        dir.path(),
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a liaison identity"));
+}
+
+#[test]
+fn quick_start_serve_issue_publish_subscribe_get() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    ok(liaison(&["certs", "init", "--dir", "certs"], d));
+    let server = ServeProcess::start(&d.join("certs"), &d.join("data"));
+    let url = server.url.clone();
+    ok(liaison(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "certs",
+            "--node",
+            "urn:liaison:TJ:border-guard:ishkashim",
+            "--name",
+            "ishkashim",
+        ],
+        d,
+    ));
+    ok(liaison(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "certs",
+            "--node",
+            "urn:liaison:AF:border-police:sher-khan",
+            "--name",
+            "sher-khan",
+        ],
+        d,
+    ));
+
+    let ack = ok(liaison(
+        &[
+            "publish",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+            "--category",
+            "drugs",
+            "--severity",
+            "severe",
+            "--urgency",
+            "immediate",
+            "--certainty",
+            "observed",
+            "--headline",
+            "42 kg of heroin seized",
+            "--tlp",
+            "amber",
+            "--releasable-to",
+            "AF",
+            "--param",
+            "seizure_kg=42",
+            "--crossing-point",
+            "TJ-ISHK",
+        ],
+        d,
+    ));
+    let ack: serde_json::Value = serde_json::from_str(ack.trim()).expect("ack is JSON");
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["duplicate"], false);
+    let id = ack["id"].as_str().expect("id").to_owned();
+
+    let line = ok(liaison(
+        &[
+            "subscribe",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "sher-khan",
+            "--feed",
+            "main",
+            "--from",
+            "all",
+            "--category",
+            "drugs",
+            "--json",
+            "--limit",
+            "1",
+        ],
+        d,
+    ));
+    let delivered: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(delivered["alert"]["id"], id.as_str());
+    assert_eq!(
+        delivered["alert"]["origin"]["urn"],
+        "urn:liaison:TJ:border-guard:ishkashim"
+    );
+    assert_eq!(delivered["alert"]["parameters"][0]["integer"], 42);
+
+    // The feed acknowledged it: resuming finds nothing old, only what is new.
+    ok(liaison(
+        &[
+            "publish",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+            "--category",
+            "drugs",
+            "--tlp",
+            "green",
+            "--headline",
+            "second",
+        ],
+        d,
+    ));
+    let line = ok(liaison(
+        &[
+            "subscribe",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "sher-khan",
+            "--feed",
+            "main",
+            "--json",
+            "--limit",
+            "1",
+        ],
+        d,
+    ));
+    let delivered: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
+    assert_eq!(delivered["alert"]["headline"], "second");
+
+    let got = ok(liaison(
+        &[
+            "get",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "sher-khan",
+            &id,
+            "--json",
+        ],
+        d,
+    ));
+    let got: serde_json::Value = serde_json::from_str(got.trim()).expect("JSON");
+    assert_eq!(got["alert"]["marking"]["tlp"], "amber");
+
+    let history = ok(liaison(
+        &[
+            "history",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+            "--json",
+        ],
+        d,
+    ));
+    assert_eq!(history.lines().count(), 2);
+
+    // The same alert from JSON on standard input, with explicit --ca/--cert/--key.
+    let json = serde_json::json!({
+        "id": id, "sent": "2026-01-01T00:00:00Z", "status": "actual", "msg_type": "alert",
+        "category": "drugs", "urgency": "immediate", "severity": "severe", "certainty": "observed",
+        "headline": "42 kg of heroin seized", "marking": {"tlp": "amber", "releasable_to": ["AF"]}
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args([
+            "publish",
+            "--broker",
+            &url,
+            "--ca",
+            "certs/ca.crt",
+            "--cert",
+            "certs/ishkashim.crt",
+            "--key",
+            "certs/ishkashim.key",
+            "--json",
+            "-",
+        ])
+        .current_dir(d)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(json.to_string().as_bytes())
+        .expect("write");
+    let out = ok(child.wait_with_output().expect("wait"));
+    let dup: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(dup["duplicate"], true, "same id: the original ack");
+    assert_eq!(dup["seq"], 1);
+
+    // A refused alert says which field and why.
+    let bad = liaison(
+        &[
+            "publish",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+            "--category",
+            "drugs",
+            "--headline",
+            "x",
+            "--tlp",
+            "red",
+        ],
+        d,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("INVALID_ARGUMENT: alert.marking.recipients"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    server.kill9();
+}

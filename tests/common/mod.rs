@@ -1,0 +1,344 @@
+//! Test helpers: one in-process broker on 127.0.0.1:0 with a temporary data
+//! directory and certificates generated at test time, plus alert builders
+//! and a feed subscriber.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use liaison::alert::timestamp;
+use liaison::broker::Retention;
+use liaison::client;
+use liaison::identity::NodeId;
+use liaison::pki::{self, Ca, LeafSpec};
+use liaison::proto as pb;
+use liaison::proto::broker_client::BrokerClient;
+use liaison::server::{self, ServeConfig, ServeError};
+use liaison::tls::TlsFiles;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Upper bound for anything a test waits for; reaching it is a failure, not
+/// a timing assumption.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub type Client = BrokerClient<Channel>;
+
+/// A development PKI in a temporary directory.
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        pki::init(dir.path(), &[], false).expect("pki init");
+        let ca = Ca::load(dir.path()).expect("load ca");
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues (once) a certificate for `urn` and returns its files.
+    pub fn node(&self, urn: &str) -> TlsFiles {
+        let name = urn.replace(':', "_");
+        let files = TlsFiles::in_dir(self.path(), &name);
+        if !files.cert.exists() {
+            let node: NodeId = urn.parse().expect("valid urn");
+            pki::issue_node(self.path(), &node, &name, 30, false).expect("issue");
+        }
+        files
+    }
+
+    /// Writes a certificate made from `spec` (signed by `ca`, or by this PKI's CA).
+    pub fn custom(&self, name: &str, spec: &LeafSpec, ca: Option<&Ca>) -> TlsFiles {
+        let leaf = ca.unwrap_or(&self.ca).issue(spec).expect("issue custom");
+        pki::write_leaf(self.path(), name, &leaf).expect("write");
+        TlsFiles::in_dir(self.path(), name)
+    }
+
+    pub fn broker_files(&self) -> TlsFiles {
+        TlsFiles::in_dir(self.path(), pki::BROKER_NAME)
+    }
+}
+
+/// A broker running in this process.
+pub struct TestBroker {
+    pub pki: Pki,
+    pub data: TempDir,
+    pub addr: SocketAddr,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut ServeConfig)) -> TestBroker {
+        let pki = Pki::new();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig::new(pki.broker_files(), data.path().join("store"));
+        config.shutdown_grace = Duration::from_secs(5);
+        config.broker.retention = Retention {
+            max_age: None,
+            ..Retention::default()
+        };
+        tune(&mut config);
+        let mut broker = TestBroker {
+            pki,
+            data,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            config,
+            shutdown: CancellationToken::new(),
+            handle: None,
+        };
+        broker.launch().await;
+        broker
+    }
+
+    async fn launch(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.addr = listener.local_addr().expect("addr");
+        self.shutdown = CancellationToken::new();
+        let config = self.config.clone();
+        let token = self.shutdown.clone();
+        self.handle = Some(tokio::spawn(server::run(listener, config, token)));
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// A connected client for the node `urn` (certificate issued on demand).
+    pub async fn client(&self, urn: &str) -> Client {
+        client::connect(&self.url(), Some(&self.pki.node(urn)))
+            .await
+            .expect("connect")
+    }
+
+    /// Shuts the broker down and waits until it has flushed and released
+    /// its store.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(PATIENCE, h)
+                .await
+                .expect("broker stops in time")
+                .expect("broker task")
+                .expect("broker ran cleanly");
+        }
+    }
+
+    /// Stops the broker and starts it again on the same data and certificates
+    /// (on a new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn take_handle(&mut self) -> Option<JoinHandle<Result<(), ServeError>>> {
+        self.handle.take()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub const TJ_POST: &str = "urn:liaison:TJ:border-guard:ishkashim";
+pub const TJ_POST_2: &str = "urn:liaison:TJ:border-guard:khorog";
+pub const TJ_CUSTOMS: &str = "urn:liaison:TJ:customs:dushanbe";
+pub const AF_OFFICE: &str = "urn:liaison:AF:border-police:sher-khan";
+pub const UZ_OFFICE: &str = "urn:liaison:UZ:border-troops:termez";
+pub const KG_CENTRE: &str = "urn:liaison:KG:border-service:bishkek";
+
+/// A valid ACTUAL, TLP:GREEN alert with a fresh id.
+pub fn alert(category: pb::Category, headline: &str) -> pb::Alert {
+    pb::Alert {
+        id: uuid::Uuid::now_v7().to_string(),
+        sent: Some(timestamp(SystemTime::now())),
+        status: pb::Status::Actual as i32,
+        msg_type: pb::MsgType::Alert as i32,
+        category: category as i32,
+        urgency: pb::Urgency::Expected as i32,
+        severity: pb::Severity::Severe as i32,
+        certainty: pb::Certainty::Likely as i32,
+        headline: headline.to_owned(),
+        marking: Some(pb::Marking {
+            tlp: pb::Tlp::Green as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn publish(client: &mut Client, alert: pb::Alert) -> pb::PublishResponse {
+    client
+        .publish(pb::PublishRequest { alert: Some(alert) })
+        .await
+        .expect("publish accepted")
+        .into_inner()
+}
+
+pub fn open(feed: &str, filter: pb::Filter) -> pb::OpenFeed {
+    pb::OpenFeed {
+        feed: feed.to_owned(),
+        filter: Some(filter),
+        start: None,
+        max_in_flight: 0,
+        ack_wait: None,
+    }
+}
+
+pub fn start_all() -> Option<pb::StartPosition> {
+    Some(pb::StartPosition {
+        position: Some(pb::start_position::Position::All(true)),
+    })
+}
+
+/// One open Subscribe stream.
+pub struct Subscriber {
+    tx: Option<mpsc::Sender<pb::SubscribeRequest>>,
+    stream: tonic::Streaming<pb::SubscribeResponse>,
+    pub opened: pb::FeedOpened,
+}
+
+impl Subscriber {
+    pub async fn open(client: &mut Client, open: pb::OpenFeed) -> Subscriber {
+        Self::try_open(client, open).await.expect("feed opens")
+    }
+
+    pub async fn try_open(
+        client: &mut Client,
+        open: pb::OpenFeed,
+    ) -> Result<Subscriber, tonic::Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(pb::SubscribeRequest {
+            request: Some(pb::subscribe_request::Request::Open(open)),
+        })
+        .await
+        .expect("send open");
+        let mut stream = client
+            .subscribe(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = stream.message().await?.expect("opened event");
+        let Some(pb::subscribe_response::Event::Opened(opened)) = first.event else {
+            panic!("first event is not `opened`: {first:?}");
+        };
+        Ok(Subscriber {
+            tx: Some(tx),
+            stream,
+            opened,
+        })
+    }
+
+    /// The next delivery (fails the test if none comes within [`PATIENCE`]).
+    pub async fn next(&mut self) -> pb::Delivery {
+        match tokio::time::timeout(PATIENCE, self.stream.message()).await {
+            Ok(Ok(Some(pb::SubscribeResponse {
+                event: Some(pb::subscribe_response::Event::Delivery(d)),
+            }))) => d,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    /// The next event, or the status that ended the stream.
+    pub async fn next_event(&mut self) -> Result<Option<pb::SubscribeResponse>, tonic::Status> {
+        tokio::time::timeout(PATIENCE, self.stream.message())
+            .await
+            .expect("an event within the patience bound")
+    }
+
+    pub async fn ack(&mut self, seqs: &[u64]) {
+        let tx = self.tx.as_ref().expect("stream still open");
+        tx.send(pb::SubscribeRequest {
+            request: Some(pb::subscribe_request::Request::Ack(pb::Ack {
+                seqs: seqs.to_vec(),
+            })),
+        })
+        .await
+        .expect("send ack");
+    }
+
+    /// Half-closes and waits for the broker to end the stream, so that every
+    /// ack sent before has been processed.
+    pub async fn close(mut self) {
+        self.tx = None;
+        while let Ok(Some(_)) = self.next_event().await {}
+    }
+}
+
+pub fn seq_of(d: &pb::Delivery) -> u64 {
+    d.record.as_ref().expect("record").seq
+}
+
+pub fn headline_of(d: &pb::Delivery) -> String {
+    d.record
+        .as_ref()
+        .and_then(|r| r.alert.as_ref())
+        .map(|a| a.headline.clone())
+        .expect("alert")
+}
+
+/// A `liaison serve` child process.
+pub struct ServeProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl ServeProcess {
+    pub fn start(certs: &Path, data: &Path) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--retain", "0"])
+            .arg("--certs")
+            .arg(certs)
+            .arg("--data")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn liaison serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("readiness line");
+        let url = line
+            .trim()
+            .strip_prefix("liaison: listening on ")
+            .unwrap_or_else(|| panic!("unexpected readiness line: {line:?}"))
+            .to_owned();
+        ServeProcess { child, url }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}

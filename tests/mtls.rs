@@ -1,0 +1,131 @@
+//! Identity comes from the client certificate only, and every bad
+//! certificate is refused with a clear reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use liaison::client;
+use liaison::pki::{Ca, LeafSpec};
+use liaison::proto as pb;
+use liaison::tls::TlsFiles;
+use time::OffsetDateTime;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// Tries one RPC with `files`; returns the whole error text (status and the
+/// source chain, where rustls' alert is) or the identity the broker saw.
+async fn attempt(broker: &TestBroker, files: &TlsFiles) -> Result<String, String> {
+    let mut client = match client::connect(&broker.url(), Some(files)).await {
+        Ok(c) => c,
+        Err(e) => return Err(chain(&e)),
+    };
+    match client.who_am_i(pb::WhoAmIRequest {}).await {
+        Ok(resp) => Ok(resp.into_inner().identity.expect("identity").urn),
+        Err(status) => Err(format!("{:?} {}", status.code(), chain(&status))),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn spec(uris: &[&str]) -> LeafSpec {
+    let now = OffsetDateTime::now_utc();
+    LeafSpec {
+        common_name: "test".into(),
+        uris: uris.iter().map(|s| s.to_string()).collect(),
+        hosts: vec![],
+        not_before: now - time::Duration::minutes(5),
+        not_after: now + time::Duration::days(1),
+    }
+}
+
+#[tokio::test]
+async fn a_valid_node_certificate_is_its_identity() {
+    let broker = TestBroker::start().await;
+    assert_eq!(
+        attempt(&broker, &broker.pki.node(TJ_POST)).await,
+        Ok(TJ_POST.to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused_at_the_handshake() {
+    let broker = TestBroker::start().await;
+    let ca = std::fs::read(&broker.pki.broker_files().ca).expect("ca");
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let endpoint = Endpoint::from_shared(broker.url())
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5));
+    let err = match endpoint.connect().await {
+        Err(e) => chain(&e),
+        Ok(channel) => {
+            let mut client = pb::broker_client::BrokerClient::new(channel);
+            let status = client
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .expect_err("refused");
+            chain(&status)
+        }
+    };
+    assert!(err.contains("CertificateRequired"), "{err}");
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_untrusted_ca_is_refused() {
+    let broker = TestBroker::start().await;
+    let rogue = Ca::generate("rogue CA").expect("ca");
+    let files = broker.pki.custom("rogue", &spec(&[TJ_POST]), Some(&rogue));
+    let err = attempt(&broker, &files).await.expect_err("refused");
+    assert!(
+        err.contains("UnknownCA") || err.contains("BadCertificate"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let broker = TestBroker::start().await;
+    let mut expired = spec(&[TJ_POST]);
+    let now = OffsetDateTime::now_utc();
+    expired.not_before = now - time::Duration::days(30);
+    expired.not_after = now - time::Duration::days(1);
+    let files = broker.pki.custom("expired", &expired, None);
+    let err = attempt(&broker, &files).await.expect_err("refused");
+    assert!(err.contains("CertificateExpired"), "{err}");
+}
+
+#[tokio::test]
+async fn certificates_without_exactly_one_valid_liaison_uri_are_unauthenticated() {
+    let broker = TestBroker::start().await;
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("no-uri", &[], "no `urn:liaison:` URI"),
+        (
+            "other-uri",
+            &["https://example.org/node"],
+            "no `urn:liaison:` URI",
+        ),
+        ("two-uris", &[TJ_POST, AF_OFFICE], "2 `urn:liaison:` URIs"),
+        (
+            "bad-uri",
+            &["urn:liaison:tj:Border:x"],
+            "is not a liaison identity",
+        ),
+    ];
+    for (name, uris, expected) in cases {
+        let files = broker.pki.custom(name, &spec(uris), None);
+        let err = attempt(&broker, &files).await.expect_err(name);
+        assert!(err.starts_with("Unauthenticated"), "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+}
