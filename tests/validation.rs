@@ -199,7 +199,7 @@ fn cases() -> Vec<(&'static str, Mutation, &'static str)> {
                     filename: "photo.jpg".into(),
                     mime_type: "image/jpeg".into(),
                     content: vec![1, 2, 3].into(),
-                    sha256: vec![0; 32].into(),
+                    sha256: vec![0; 32],
                     description: String::new(),
                 }]
             },
@@ -212,7 +212,7 @@ fn cases() -> Vec<(&'static str, Mutation, &'static str)> {
                     filename: "../etc/passwd".into(),
                     mime_type: "text/plain".into(),
                     content: vec![1].into(),
-                    sha256: vec![0; 32].into(),
+                    sha256: vec![0; 32],
                     description: String::new(),
                 }]
             },
@@ -320,7 +320,7 @@ async fn a_complete_alert_with_every_optional_part_is_accepted_as_sent() {
         filename: "photo.jpg".into(),
         mime_type: "image/jpeg".into(),
         content: content.into(),
-        sha256: digest.into(),
+        sha256: digest,
         description: "at the gate".into(),
     }];
     let ack = publish(&mut post, a.clone()).await;
