@@ -267,7 +267,7 @@ async fn claim(
 fn start_floor(store: &Store, start: Start, head: Seq) -> Result<Seq, BrokerError> {
     Ok(match start {
         Start::NewOnly => head,
-        Start::All => Seq(0),
+        Start::All => store.first_seq()?.map_or(head, |first| Seq(first.0 - 1)),
         Start::FromSeq(s) => Seq(s.0.saturating_sub(1)),
         Start::FromTime(t) => Seq(store.seq_at_time(t)?.0.saturating_sub(1)),
     })

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
@@ -234,7 +233,7 @@ impl Writer {
             received_at: from_micros(us),
             alert,
         };
-        let bytes = record.to_proto().encode_to_vec();
+        let bytes = encode_record(&record);
         staged.batch.insert(&keys::alert(seq), bytes.as_slice());
         staged
             .batch
@@ -327,9 +326,57 @@ impl Writer {
     }
 }
 
+/// Encodes a record as a `pb::AlertRecord` without cloning the alert body
+/// (the body is the bulk of the bytes; `Record::to_proto` would copy it).
+fn encode_record(record: &Record) -> Vec<u8> {
+    use prost::encoding::{message, uint64};
+    let received_at = crate::alert::timestamp(record.received_at);
+    let body = &record.alert.body;
+    let len = uint64::encoded_len(1, &record.seq.0)
+        + message::encoded_len(2, &received_at)
+        + message::encoded_len(3, body);
+    let mut buf = Vec::with_capacity(len);
+    uint64::encode(1, &record.seq.0, &mut buf);
+    message::encode(2, &received_at, &mut buf);
+    message::encode(3, body, &mut buf);
+    buf
+}
+
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
         other => StoreError::Failed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn encode_record_matches_the_protobuf_encoding() {
+        let body = crate::proto::Alert {
+            id: "0192b8a0-7d3c-7cc1-9a0e-3f1c2b4d5e6f".into(),
+            headline: "x".repeat(300),
+            origin: Some(crate::alert::origin_proto(
+                &"urn:liaison:TJ:border-guard:ishkashim".parse().unwrap(),
+            )),
+            status: 1,
+            category: 1,
+            severity: 1,
+            urgency: 1,
+            marking: Some(crate::proto::Marking {
+                tlp: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let record = Record {
+            seq: Seq(77),
+            received_at: from_micros(1_764_000_000_123_456),
+            alert: Alert::from_stored(body).unwrap(),
+        };
+        assert_eq!(encode_record(&record), record.to_proto().encode_to_vec());
     }
 }
