@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/liaison/v1/alert.proto",
         "proto/liaison/v1/broker.proto",
+        "proto/liaison/v1/agent.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

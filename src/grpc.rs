@@ -36,6 +36,10 @@ impl From<BrokerError> for Status {
             BrokerError::Store(StoreError::Closed) => {
                 Status::unavailable("the broker is shutting down")
             }
+            BrokerError::Store(e @ StoreError::IdConflict) => Status::already_exists(e.to_string()),
+            BrokerError::Store(e @ StoreError::OutboxFull { .. }) => {
+                Status::resource_exhausted(e.to_string())
+            }
             BrokerError::Store(e) => Status::internal(e.to_string()),
         }
     }

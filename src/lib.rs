@@ -14,6 +14,7 @@
 //! | [`broker`] | the core: publish, history, feeds with at-least-once delivery, retention |
 //! | [`grpc`] | the thin tonic adapter: identity from the connection, protobuf ⇄ core, errors ⇄ status |
 //! | [`server`] | `run(listener, config, shutdown)`: wires it all together |
+//! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`client`] | connecting to a broker as a node |
 //! | [`cli`] | the `liaison` command line |
 //!
@@ -30,6 +31,7 @@
 //! [`marking`] rules for its owner, and delivers them; the subscriber's acks
 //! move the feed's persisted cursor.
 
+pub mod agent;
 pub mod alert;
 pub mod broker;
 pub mod cli;

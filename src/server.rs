@@ -93,21 +93,38 @@ pub async fn run(
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    let grace = config.shutdown_grace;
-    let deadline = async {
-        shutdown.cancelled().await;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
         health
             .set_not_serving::<BrokerServer<BrokerService>>()
             .await;
+    });
+    drain(serve, &shutdown, config.shutdown_grace).await?;
+    tasks.close();
+    let _ = tokio::time::timeout(config.shutdown_grace, tasks.wait()).await;
+    store.close().await.map_err(ServeError::Flush)?;
+    info!("broker stopped; store flushed");
+    Ok(())
+}
+
+/// Runs a tonic server future; once `shutdown` is cancelled, gives open
+/// connections `grace` to finish, then drops them.
+///
+/// # Errors
+/// When the server fails.
+pub(crate) async fn drain(
+    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let deadline = async {
+        shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
         served = serve => served?,
         () = deadline => warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them"),
     }
-    tasks.close();
-    let _ = tokio::time::timeout(grace, tasks.wait()).await;
-    store.close().await.map_err(ServeError::Flush)?;
-    info!("broker stopped; store flushed");
     Ok(())
 }

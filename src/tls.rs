@@ -143,13 +143,15 @@ pub struct Peer {
     pub remote: SocketAddr,
 }
 
-/// An authenticated TLS connection carrying its [`Peer`].
-pub struct PeerStream {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+/// A connection carrying its [`Peer`]: a mutual-TLS stream, or (for an
+/// agent's loopback listener) a plain TCP stream whose peer is the agent's
+/// own identity.
+pub struct PeerStream<S = tokio_rustls::server::TlsStream<TcpStream>> {
+    inner: S,
     peer: Peer,
 }
 
-impl Connected for PeerStream {
+impl<S> Connected for PeerStream<S> {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
@@ -157,7 +159,7 @@ impl Connected for PeerStream {
     }
 }
 
-impl AsyncRead for PeerStream {
+impl<S: AsyncRead + Unpin> AsyncRead for PeerStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -167,7 +169,7 @@ impl AsyncRead for PeerStream {
     }
 }
 
-impl AsyncWrite for PeerStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -234,6 +236,42 @@ pub fn incoming(
             });
         }
         debug!("accept loop stopped");
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Accepts plain TCP connections on a loopback `listener` and attributes
+/// every one to `identity` (an agent serving the software of its own post).
+pub fn incoming_plain(
+    listener: TcpListener,
+    identity: NodeId,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<PeerStream<TcpStream>, io::Error>> {
+    // The accept loop holds the sender; tonic holds the receiver.
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let peer = Peer {
+                        identity: Ok(identity.clone()),
+                        remote,
+                    };
+                    if tx.send(Ok(PeerStream { inner: tcp, peer })).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     });
     ReceiverStream::new(rx)
 }

@@ -134,6 +134,26 @@ async fn republishing_an_id_returns_the_original_ack_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn another_node_reusing_an_id_is_refused_without_learning_about_the_original() {
+    let broker = TestBroker::start().await;
+    let mut post = broker.client(TJ_POST).await;
+    let mut other = broker.client(UZ_OFFICE).await;
+    let a = alert(pb::Category::Drugs, "original");
+    publish(&mut post, a.clone()).await;
+    let mut copy = alert(pb::Category::Arms, "copy with the same id");
+    copy.id = a.id.clone();
+    let err = other
+        .publish(pb::PublishRequest { alert: Some(copy) })
+        .await
+        .expect_err("id conflict");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert_eq!(
+        err.message(),
+        "alert.id: already used by another node's alert"
+    );
+}
+
+#[tokio::test]
 async fn streaming_publish_answers_each_alert_in_order_and_survives_a_bad_one() {
     let broker = TestBroker::start().await;
     let mut post = broker.client(TJ_POST).await;

@@ -113,6 +113,17 @@ impl Alert {
     pub fn to_proto(&self) -> pb::Alert {
         self.body.clone()
     }
+
+    /// Whether the alert jumps the queue when a link comes back: urgency
+    /// IMMEDIATE or severity EXTREME.
+    pub fn is_priority(&self) -> bool {
+        self.urgency == pb::Urgency::Immediate || self.severity == pb::Severity::Extreme
+    }
+
+    /// Whether `expires` has passed at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
 }
 
 /// An alert as the broker stored it.

@@ -316,7 +316,10 @@ impl FeedTask {
         match end {
             Some(end) => {
                 debug!(?end, "feed closed");
-                let _ = self.events.try_send(FeedEvent::Ended(end));
+                // Bounded: a subscriber that stopped reading gets its stream
+                // dropped instead.
+                let ended = self.events.send(FeedEvent::Ended(end));
+                let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
             }
             None => debug!("subscriber went away"),
         }
@@ -365,7 +368,10 @@ impl FeedTask {
     }
 
     fn has_room(&self) -> bool {
-        self.in_flight.len() < self.window && self.acked.len() < self.window * ACKED_SPAN_FACTOR
+        // The acked-span bound only applies while something is in flight: with
+        // nothing in flight, reading on is what moves the floor past `acked`.
+        self.in_flight.len() < self.window
+            && (self.in_flight.is_empty() || self.acked.len() < self.window * ACKED_SPAN_FACTOR)
     }
 
     /// Reads one chunk from `next_read` and delivers what the subscriber
@@ -418,6 +424,9 @@ impl FeedTask {
             }
         }
         self.advance_floor();
+        // A catch-up over a long backlog that the filter mostly skips would
+        // otherwise never yield to the runtime.
+        tokio::task::yield_now().await;
         Ok(())
     }
 

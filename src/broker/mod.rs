@@ -20,7 +20,7 @@ use crate::filter::Filter;
 use crate::identity::NodeId;
 use crate::marking::entitled;
 use crate::proto as pb;
-use crate::store::{Store, StoreError};
+use crate::store::{AppendKind, OutboxLimits, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -41,6 +41,9 @@ pub enum BrokerError {
 pub struct BrokerConfig {
     pub limits: Limits,
     pub retention: Retention,
+    /// Set on an agent: local publishes are also queued in the outbox for
+    /// forwarding upstream, within these limits.
+    pub outbox: Option<OutboxLimits>,
 }
 
 /// What a publisher is told.
@@ -73,6 +76,9 @@ pub struct Page {
 /// Records examined per history call at most, so that a selective filter
 /// over a large log cannot make one call run for long.
 const LIST_SCAN_BUDGET: usize = 10_000;
+/// A page stops growing once its alerts reach this size, so that it fits a
+/// gRPC response even when alerts carry attachments.
+const LIST_PAGE_BYTES: usize = 256 * 1024;
 
 /// A cheap-to-clone handle to the broker core.
 #[derive(Clone)]
@@ -141,19 +147,33 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         let alert = alert::validate(msg, origin, &self.inner.config.limits, SystemTime::now())?;
-        self.submit_valid(alert).await
+        let kind = match self.inner.config.outbox {
+            Some(limits) => AppendKind::Outbox(limits),
+            None => AppendKind::Log,
+        };
+        self.submit_valid(alert, kind).await
     }
 
-    /// Queues an alert that is already validated; see [`Broker::submit`].
+    /// Stores an alert received from the upstream broker (an agent's inbox):
+    /// it was validated there and keeps its origin; it is not forwarded.
     ///
     /// # Errors
-    /// Storage errors.
-    pub async fn submit_valid(
+    /// As [`Broker::submit`].
+    pub async fn submit_from_upstream(
         &self,
         alert: Alert,
     ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
+        self.submit_valid(alert, AppendKind::Inbox).await
+    }
+
+    /// Queues an alert that is already validated; see [`Broker::submit`].
+    async fn submit_valid(
+        &self,
+        alert: Alert,
+        kind: AppendKind,
+    ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
         let id = alert.id;
-        let pending = self.inner.store.submit(alert).await?;
+        let pending = self.inner.store.submit(alert, kind).await?;
         Ok(async move {
             let appended = pending.await?;
             if appended.duplicate {
@@ -192,11 +212,15 @@ impl Broker {
             None => Seq(1),
         };
         if let Some(after) = query.after {
-            from = from.max(after.next());
+            match after.0.checked_add(1) {
+                Some(next) => from = from.max(Seq(next)),
+                None => return Ok(Page::default()),
+            }
         }
         let page_size = query.page_size.clamp(1, 1000);
         let mut page = Page::default();
         let mut examined = 0;
+        let mut bytes = 0;
         while examined < LIST_SCAN_BUDGET {
             let chunk = store.scan(from, 256)?;
             let Some(last) = chunk.last() else {
@@ -210,10 +234,11 @@ impl Broker {
                     return Ok(page);
                 }
                 if query.filter.matches(&r.alert) && entitled(&r.alert, viewer) {
+                    bytes += prost::Message::encoded_len(&r.alert.body);
                     page.records.push(r.clone());
                 }
                 page.next = Some(r.seq);
-                if page.records.len() == page_size {
+                if page.records.len() == page_size || bytes >= LIST_PAGE_BYTES {
                     // Only promise a next page when there is something after.
                     if r.seq >= store.head() {
                         page.next = None;

@@ -47,7 +47,7 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn to_proto(&self) -> Result<pb::Filter> {
+    pub(crate) fn to_proto(&self) -> Result<pb::Filter> {
         Ok(pb::Filter {
             categories: self
                 .categories
@@ -176,7 +176,10 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<ExitCode> {
         feed: args.feed.clone().unwrap_or_default(),
         filter: Some(args.filter.to_proto()?),
         start: Some(start_position(&args.from)?),
-        max_in_flight: args.window,
+        // With --limit, never take more than that many at a time.
+        max_in_flight: args
+            .limit
+            .map_or(args.window, |l| args.window.min(l.clamp(1, 1024) as u32)),
         ack_wait: prost_types::Duration::try_from(ack_wait).ok(),
     };
     let mut client = args.conn.connect().await?;
@@ -215,6 +218,9 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<ExitCode> {
             }
             Some(pb::subscribe_response::Event::Delivery(d)) => {
                 let Some(record) = d.record else { continue };
+                if args.limit.is_some_and(|l| received >= l) {
+                    continue; // draining after the limit: not printed, not acknowledged
+                }
                 {
                     let mut out = stdout.lock();
                     if args.json {

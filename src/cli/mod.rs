@@ -1,6 +1,7 @@
 //! The `liaison` command line: argument definitions and the commands behind
 //! them. `main.rs` only parses, sets up logging and calls [`run`].
 
+mod agent;
 mod alert_args;
 mod bench;
 mod client_cmds;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Development PKI: a CA, the broker's certificate and node certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Run the store-and-forward agent of a post (`agent status` shows a
+    /// running agent's link and queues).
+    Agent(Box<agent::AgentArgs>),
     /// Publish one alert and print the acknowledgement as JSON.
     Publish(Box<PublishArgs>),
     /// Follow a feed: print each alert, then acknowledge it.
@@ -100,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Certs(cmd) => certs(cmd),
+        Command::Agent(args) => agent::run(*args).await,
         Command::Publish(args) => client_cmds::publish(*args).await,
         Command::Subscribe(args) => client_cmds::subscribe(args).await,
         Command::Get(args) => client_cmds::get(args).await,

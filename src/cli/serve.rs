@@ -113,7 +113,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
-async fn on_signal(shutdown: CancellationToken) {
+pub(super) async fn on_signal(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

@@ -8,7 +8,8 @@
 //! | `a` seq:u64 | prost `AlertRecord` |
 //! | `i` id:[u8;16] | seq:u64, received_at_us:u64 |
 //! | `t` received_at_us:u64 seq:u64 | empty |
-//! | `m` name | meta value (`next_seq`, `bytes`: u64) |
+//! | `o` class:u8 seq:u64 | encoded size:u64 — the agent's outbox (class 0 = priority, 1 = routine) |
+//! | `m` name | meta value (`next_seq`, `bytes`, outbox and counters: u64) |
 //!
 //! Tree `feeds` (durable feed state): key `owner-urn 0x00 feed-name`, value
 //! prost `StoredFeed`.
@@ -18,8 +19,29 @@ use crate::alert::{AlertId, Seq};
 pub const ALERT: u8 = b'a';
 pub const ID: u8 = b'i';
 pub const TIME: u8 = b't';
+pub const OUTBOX: u8 = b'o';
 pub const META_NEXT_SEQ: &[u8] = b"mnext_seq";
 pub const META_BYTES: &[u8] = b"mbytes";
+pub const META_OUTBOX_COUNT: &[u8] = b"moutbox_count";
+pub const META_OUTBOX_BYTES: &[u8] = b"moutbox_bytes";
+pub const META_FORWARDED: &[u8] = b"mforwarded";
+pub const META_EXPIRED: &[u8] = b"mexpired";
+pub const META_REJECTED: &[u8] = b"mrejected";
+pub const META_INBOX: &[u8] = b"minbox";
+
+pub fn outbox(class: u8, seq: Seq) -> [u8; 10] {
+    let mut k = [OUTBOX; 10];
+    k[1] = class;
+    k[2..].copy_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+pub fn outbox_seq(key: &[u8]) -> Option<Seq> {
+    match key {
+        [OUTBOX, _, rest @ ..] => Some(Seq(u64::from_be_bytes(rest.try_into().ok()?))),
+        _ => None,
+    }
+}
 
 pub fn alert(seq: Seq) -> [u8; 9] {
     let mut k = [ALERT; 9];
@@ -93,6 +115,14 @@ mod tests {
         for (s, k) in seqs.iter().zip(&keys) {
             assert_eq!(alert_seq(k), Some(Seq(*s)));
         }
+    }
+
+    #[test]
+    fn outbox_keys_sort_by_class_then_seq() {
+        assert!(outbox(0, Seq(900)) < outbox(1, Seq(1)));
+        assert!(outbox(1, Seq(1)) < outbox(1, Seq(2)));
+        assert_eq!(outbox_seq(&outbox(1, Seq(42))), Some(Seq(42)));
+        assert!(outbox(1, Seq(u64::MAX)).as_slice() < [OUTBOX + 1].as_slice());
     }
 
     #[test]

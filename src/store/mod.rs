@@ -15,6 +15,7 @@
 //! the channel only wakes, the data is always read from the store.
 
 mod keys;
+mod outbox;
 mod recent;
 mod writer;
 
@@ -27,8 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
 use crate::proto as pb;
+pub use outbox::{OutboxLimits, OutboxStats, Outcome};
 use recent::Recent;
-pub use writer::{Appended, Pruned};
+pub use writer::{AppendKind, Appended, Meta, Pruned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +44,12 @@ pub enum StoreError {
     Closed,
     #[error("storage failure: {0}")]
     Failed(String),
+    #[error("alert.id: already used by another node's alert")]
+    IdConflict,
+    #[error(
+        "the outbox is full ({alerts} alerts, {bytes} bytes waiting for the upstream link); nothing was stored"
+    )]
+    OutboxFull { alerts: u64, bytes: u64 },
 }
 
 impl StoreError {
@@ -106,6 +114,8 @@ struct Inner {
     writer: mpsc::Sender<writer::Command>,
     /// The newest committed seq; the writer holds the sender.
     head: watch::Receiver<Seq>,
+    /// The counters as of the last commit; the writer holds the sender.
+    meta: watch::Receiver<Meta>,
     /// Newest committed records. A std mutex: critical sections are a few
     /// pointer copies and never cross an `.await`.
     recent: Arc<Mutex<Recent>>,
@@ -130,6 +140,7 @@ impl Store {
         let feeds = db.open_tree("feeds")?;
         let state = writer::State::load(&log)?;
         let (head_tx, head) = watch::channel(state.head());
+        let (meta_tx, meta) = watch::channel(state.meta());
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
         let w = writer::Writer {
@@ -137,9 +148,11 @@ impl Store {
             log: log.clone(),
             rx,
             head: head_tx,
+            meta: meta_tx,
             recent: recent.clone(),
             state,
             max_batch: config.max_batch,
+            failed: None,
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())
@@ -152,6 +165,7 @@ impl Store {
                 feeds,
                 writer: tx,
                 head,
+                meta,
                 recent,
                 writer_thread: Mutex::new(Some(thread)),
             }),
@@ -177,7 +191,7 @@ impl Store {
     /// # Errors
     /// On a storage failure (full disk included); nothing is stored then.
     pub async fn append(&self, alert: Alert) -> Result<Appended, StoreError> {
-        self.submit(alert).await?.await
+        self.submit(alert, AppendKind::Log).await?.await
     }
 
     /// Queues an append and returns the future of its answer. Appends are
@@ -190,12 +204,13 @@ impl Store {
     pub async fn submit(
         &self,
         alert: Alert,
+        kind: AppendKind,
     ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
     {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(writer::Command::Append { alert, reply })
+            .send(writer::Command::Append { alert, kind, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
@@ -212,12 +227,22 @@ impl Store {
         max_bytes: Option<u64>,
     ) -> Result<Pruned, StoreError> {
         let cutoff = max_age.and_then(|age| SystemTime::now().checked_sub(age));
-        self.call(|reply| writer::Command::Prune {
-            cutoff,
-            max_bytes,
-            reply,
-        })
-        .await
+        let mut total = Pruned::default();
+        loop {
+            let chunk = self
+                .call(|reply| writer::Command::Prune {
+                    cutoff,
+                    max_bytes,
+                    reply,
+                })
+                .await?;
+            if chunk.alerts == 0 {
+                return Ok(total);
+            }
+            total.alerts += chunk.alerts;
+            total.bytes += chunk.bytes;
+            total.through = chunk.through;
+        }
     }
 
     /// Flushes everything (feed state included) to disk.
@@ -243,6 +268,11 @@ impl Store {
     /// # Errors
     /// On a storage failure or a corrupt record.
     pub fn get(&self, seq: Seq) -> Result<Option<Arc<Record>>, StoreError> {
+        // Past the head are records of a group being committed: not yet on
+        // disk, so not yet visible.
+        if seq > self.head() {
+            return Ok(None);
+        }
         if let Some(r) = self.recent().get(seq) {
             return Ok(Some(r));
         }
@@ -280,7 +310,7 @@ impl Store {
         for kv in self
             .inner
             .log
-            .range(keys::alert(from)..keys::alert(Seq(u64::MAX)))
+            .range(keys::alert(from)..keys::alert(self.head().next()))
             .take(limit)
         {
             let (k, v) = kv?;
@@ -367,12 +397,18 @@ impl Store {
 
     /// Total encoded size of the retained alerts, in bytes.
     pub fn log_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .inner
-            .log
-            .get(keys::META_BYTES)?
-            .and_then(|v| keys::u64_value(&v))
-            .unwrap_or(0))
+        Ok(self.meta().bytes)
+    }
+
+    /// A receiver that changes whenever a commit changed the counters
+    /// (outbox depth among them).
+    pub fn watch_meta(&self) -> watch::Receiver<Meta> {
+        self.inner.meta.clone()
+    }
+
+    /// The store's counters as of the last commit.
+    pub fn meta(&self) -> Meta {
+        *self.inner.meta.borrow()
     }
 
     /// Stops the writer after it has committed everything queued, and flushes.

@@ -8,13 +8,14 @@
 //! A dedicated thread (not `flush_async` from many tasks, which deadlocks in
 //! sled 0.34) keeps sled's blocking calls off the async runtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
+use super::outbox::{self, OutboxLimits, Outcome};
 use super::recent::Recent;
 use super::{StoreError, corrupt, decode_record, keys};
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
@@ -37,6 +38,17 @@ pub struct Pruned {
     pub through: Option<Seq>,
 }
 
+/// Where an appended alert goes besides the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendKind {
+    /// Only the log (a broker's publish).
+    Log,
+    /// The log and the outbox, within these limits (an agent's local publish).
+    Outbox(OutboxLimits),
+    /// The log, counted as received from upstream (an agent's inbox).
+    Inbox,
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 // Appends dominate the traffic; boxing them would add an allocation per alert.
@@ -44,7 +56,13 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub enum Command {
     Append {
         alert: Alert,
+        kind: AppendKind,
         reply: Reply<Appended>,
+    },
+    OutboxDone {
+        seqs: Vec<Seq>,
+        outcome: Outcome,
+        reply: Reply<()>,
     },
     Prune {
         cutoff: Option<SystemTime>,
@@ -59,19 +77,81 @@ pub enum Command {
     },
 }
 
+/// Counters kept in `m…` keys of the log, written with every commit that
+/// changes them (so they are exactly as durable as the alerts they count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub next_seq: Seq,
+    pub bytes: u64,
+    pub outbox_count: u64,
+    pub outbox_bytes: u64,
+    pub forwarded: u64,
+    pub expired: u64,
+    pub rejected: u64,
+    pub inbox: u64,
+}
+
+const META_KEYS: [&[u8]; 8] = [
+    keys::META_NEXT_SEQ,
+    keys::META_BYTES,
+    keys::META_OUTBOX_COUNT,
+    keys::META_OUTBOX_BYTES,
+    keys::META_FORWARDED,
+    keys::META_EXPIRED,
+    keys::META_REJECTED,
+    keys::META_INBOX,
+];
+
+impl Meta {
+    fn values(&self) -> [u64; 8] {
+        [
+            self.next_seq.0,
+            self.bytes,
+            self.outbox_count,
+            self.outbox_bytes,
+            self.forwarded,
+            self.expired,
+            self.rejected,
+            self.inbox,
+        ]
+    }
+
+    pub fn load(log: &sled::Tree) -> Result<Meta, StoreError> {
+        let mut v = [0u64; 8];
+        for (slot, key) in v.iter_mut().zip(META_KEYS) {
+            *slot = log.get(key)?.and_then(|b| keys::u64_value(&b)).unwrap_or(0);
+        }
+        Ok(Meta {
+            next_seq: Seq(v[0].max(1)),
+            bytes: v[1],
+            outbox_count: v[2],
+            outbox_bytes: v[3],
+            forwarded: v[4],
+            expired: v[5],
+            rejected: v[6],
+            inbox: v[7],
+        })
+    }
+
+    /// Adds to `batch` the keys whose value differs from `before`.
+    fn save(&self, before: &Meta, batch: &mut sled::Batch) {
+        for ((key, new), old) in META_KEYS.iter().zip(self.values()).zip(before.values()) {
+            if new != old {
+                batch.insert(*key, &new.to_be_bytes());
+            }
+        }
+    }
+}
+
 /// The writer's view of the log, loaded at open.
 pub struct State {
-    next_seq: Seq,
+    meta: Meta,
     last_received_us: u64,
-    bytes: u64,
 }
 
 impl State {
     pub fn load(log: &sled::Tree) -> Result<State, StoreError> {
-        let meta = |k: &[u8]| -> Result<u64, StoreError> {
-            Ok(log.get(k)?.and_then(|v| keys::u64_value(&v)).unwrap_or(0))
-        };
-        let mut next_seq = Seq(meta(keys::META_NEXT_SEQ)?.max(1));
+        let mut meta = Meta::load(log)?;
         let mut last_received_us = 0;
         if let Some((k, v)) = log
             .range(keys::alert(Seq(0))..keys::alert(Seq(u64::MAX)))
@@ -79,18 +159,21 @@ impl State {
             .transpose()?
         {
             let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-            next_seq = next_seq.max(seq.next());
+            meta.next_seq = meta.next_seq.max(seq.next());
             last_received_us = micros(decode_record(seq, &v)?.received_at);
         }
         Ok(State {
-            next_seq,
+            meta,
             last_received_us,
-            bytes: meta(keys::META_BYTES)?,
         })
     }
 
     pub fn head(&self) -> Seq {
-        Seq(self.next_seq.0 - 1)
+        Seq(self.meta.next_seq.0 - 1)
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta
     }
 }
 
@@ -99,18 +182,35 @@ pub struct Writer {
     pub log: sled::Tree,
     pub rx: mpsc::Receiver<Command>,
     pub head: watch::Sender<Seq>,
+    /// The counters, for readers (`Store::meta`); the writer is the only
+    /// one that changes them.
+    pub meta: watch::Sender<Meta>,
     pub recent: Arc<Mutex<Recent>>,
     pub state: State,
     pub max_batch: usize,
+    /// Set when a commit failed: every later command is refused.
+    pub failed: Option<String>,
 }
 
 /// Appends of one group, staged before the batch is applied.
-struct Staged {
-    batch: sled::Batch,
+pub(super) struct Staged {
+    pub batch: sled::Batch,
     records: Vec<(Arc<Record>, usize)>,
     replies: Vec<(Reply<Appended>, Appended)>,
-    /// Ids staged in this group, for duplicates within the group.
-    ids: HashMap<AlertId, Appended>,
+    /// Ids staged in this group (with their index in `records`), for
+    /// duplicates within the group.
+    ids: HashMap<AlertId, (Appended, usize)>,
+    /// Outbox entries staged in this group: seq → (class, size).
+    pub outbox: HashMap<Seq, (u8, u64)>,
+    /// Outbox entries removed in this group.
+    pub removed: HashSet<Seq>,
+}
+
+impl Staged {
+    /// The sequence of an alert staged in this group.
+    pub fn seq_of(&self, id: &AlertId) -> Option<Seq> {
+        self.ids.get(id).map(|(a, _)| a.seq)
+    }
 }
 
 impl Writer {
@@ -132,28 +232,46 @@ impl Writer {
 
     /// Commits one group; true when a Stop was in it.
     fn commit(&mut self, group: Vec<Command>) -> bool {
+        if let Some(reason) = &self.failed {
+            return refuse(group, reason);
+        }
         let mut staged = Staged {
             batch: sled::Batch::default(),
             records: Vec::new(),
             replies: Vec::new(),
             ids: HashMap::new(),
+            outbox: HashMap::new(),
+            removed: HashSet::new(),
         };
+        let mut done = Vec::new();
         let mut flush_waiters = Vec::new();
         let mut prunes = Vec::new();
         let mut stop = None;
-        let saved = (
-            self.state.next_seq,
-            self.state.last_received_us,
-            self.state.bytes,
-        );
+        let saved = (self.state.meta, self.state.last_received_us);
         for cmd in group {
             match cmd {
-                Command::Append { alert, reply } => match self.stage(&mut staged, alert) {
-                    Ok(appended) => staged.replies.push((reply, appended)),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
+                Command::Append { alert, kind, reply } => {
+                    match self.stage(&mut staged, alert, kind) {
+                        Ok(appended) => staged.replies.push((reply, appended)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
                     }
-                },
+                }
+                Command::OutboxDone {
+                    seqs,
+                    outcome,
+                    reply,
+                } => {
+                    let result = outbox::finish(
+                        &self.log,
+                        &mut staged,
+                        &mut self.state.meta,
+                        &seqs,
+                        outcome,
+                    );
+                    done.push((reply, result));
+                }
                 Command::Prune {
                     cutoff,
                     max_bytes,
@@ -163,29 +281,31 @@ impl Writer {
                 Command::Stop { done } => stop = Some(done),
             }
         }
-        if !staged.records.is_empty() || !staged.replies.is_empty() {
-            staged
-                .batch
-                .insert(keys::META_NEXT_SEQ, &self.state.next_seq.0.to_be_bytes());
-            staged
-                .batch
-                .insert(keys::META_BYTES, &self.state.bytes.to_be_bytes());
-        }
+        self.state.meta.save(&saved.0, &mut staged.batch);
         let result = self
             .log
             .apply_batch(staged.batch)
             .and_then(|()| self.db.flush().map(drop))
             .map_err(StoreError::from_sled);
         match result {
-            Ok(()) => self.publish(staged.records, staged.replies),
+            Ok(()) => {
+                self.publish(staged.records, staged.replies);
+                for (reply, r) in done {
+                    let _ = reply.send(r);
+                }
+            }
             Err(e) => {
-                error!(error = %e, alerts = staged.replies.len(), "commit failed; nothing acknowledged");
-                (
-                    self.state.next_seq,
-                    self.state.last_received_us,
-                    self.state.bytes,
-                ) = saved;
+                // The batch may be applied in memory but is not on disk: the
+                // log can no longer be trusted to match what was promised, so
+                // the writer refuses everything from now on (a restart
+                // recovers from what is on disk).
+                error!(error = %e, alerts = staged.replies.len(), "commit failed; nothing acknowledged; the store refuses further writes until restarted");
+                self.failed = Some(e.to_string());
+                (self.state.meta, self.state.last_received_us) = saved;
                 for (reply, _) in staged.replies {
+                    let _ = reply.send(Err(clone_err(&e)));
+                }
+                for (reply, _) in done {
                     let _ = reply.send(Err(clone_err(&e)));
                 }
             }
@@ -196,6 +316,11 @@ impl Writer {
         for reply in flush_waiters {
             let _ = reply.send(self.db.flush().map(drop).map_err(StoreError::from_sled));
         }
+        self.meta.send_if_modified(|m| {
+            let changed = *m != self.state.meta;
+            *m = self.state.meta;
+            changed
+        });
         match stop {
             Some(done) => {
                 let _ = done.send(());
@@ -205,11 +330,18 @@ impl Writer {
         }
     }
 
-    fn stage(&mut self, staged: &mut Staged, alert: Alert) -> Result<Appended, StoreError> {
+    fn stage(
+        &mut self,
+        staged: &mut Staged,
+        alert: Alert,
+        kind: AppendKind,
+    ) -> Result<Appended, StoreError> {
         if let Some(earlier) = staged.ids.get(&alert.id) {
+            let (record, _) = &staged.records[earlier.1];
+            check_same_origin(&record.alert, &alert)?;
             return Ok(Appended {
                 duplicate: true,
-                ..*earlier
+                ..earlier.0
             });
         }
         if let Some(v) = self
@@ -219,13 +351,18 @@ impl Writer {
         {
             let (seq, us) =
                 keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", alert.id))?;
+            let stored = self
+                .log
+                .get(keys::alert(seq))?
+                .ok_or_else(|| corrupt("id index", alert.id))?;
+            check_same_origin(&decode_record(seq, &stored)?.alert, &alert)?;
             return Ok(Appended {
                 seq,
                 received_at: from_micros(us),
                 duplicate: true,
             });
         }
-        let seq = self.state.next_seq;
+        let seq = self.state.meta.next_seq;
         // Receive times never decrease, so time order is sequence order.
         let us = micros(SystemTime::now()).max(self.state.last_received_us);
         let record = Record {
@@ -234,21 +371,38 @@ impl Writer {
             alert,
         };
         let bytes = encode_record(&record);
-        staged.batch.insert(&keys::alert(seq), bytes.as_slice());
+        let size = bytes.len() as u64;
+        match kind {
+            AppendKind::Log => {}
+            AppendKind::Inbox => self.state.meta.inbox += 1,
+            AppendKind::Outbox(limits) => {
+                outbox::enqueue(
+                    &self.log,
+                    staged,
+                    &mut self.state.meta,
+                    &record,
+                    size,
+                    limits,
+                )?;
+            }
+        }
+        staged.batch.insert(&keys::alert(seq), bytes);
         staged
             .batch
             .insert(&keys::id(&record.alert.id), &keys::id_value(seq, us));
         staged.batch.insert(&keys::time(us, seq), &[]);
-        self.state.next_seq = seq.next();
+        self.state.meta.next_seq = seq.next();
         self.state.last_received_us = us;
-        self.state.bytes += bytes.len() as u64;
+        self.state.meta.bytes += size;
         let appended = Appended {
             seq,
             received_at: record.received_at,
             duplicate: false,
         };
-        staged.ids.insert(record.alert.id, appended);
-        staged.records.push((Arc::new(record), bytes.len()));
+        staged
+            .ids
+            .insert(record.alert.id, (appended, staged.records.len()));
+        staged.records.push((Arc::new(record), size as usize));
         Ok(appended)
     }
 
@@ -272,57 +426,67 @@ impl Writer {
         }
     }
 
+    /// Removes up to 1024 of the oldest records while they are too old or
+    /// the log too big — but never an alert still waiting in the outbox, nor
+    /// anything after it. One chunk per command, so that publishes queued
+    /// meanwhile are not held up by a long prune; `Store::prune` sends the
+    /// next command until a chunk removes nothing.
     fn prune(
         &mut self,
         cutoff: Option<SystemTime>,
         max_bytes: Option<u64>,
     ) -> Result<Pruned, StoreError> {
         let cutoff_us = cutoff.map(micros);
+        let keep_from = outbox::oldest_seq(&self.log)?.unwrap_or(Seq(u64::MAX));
+        let mut batch = sled::Batch::default();
         let mut pruned = Pruned::default();
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            let mut bytes = 0;
-            let mut through = None;
-            for kv in self
-                .log
-                .range(keys::alert(Seq(0))..keys::alert(Seq(u64::MAX)))
-                .take(1024)
-            {
-                let (k, v) = kv?;
-                let seq =
-                    keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-                let record = decode_record(seq, &v)?;
-                let us = micros(record.received_at);
-                let too_old = cutoff_us.is_some_and(|c| us < c);
-                let too_big = max_bytes.is_some_and(|m| self.state.bytes - bytes > m);
-                if !(too_old || too_big) {
-                    break;
-                }
-                batch.remove(&k);
-                batch.remove(&keys::id(&record.alert.id));
-                batch.remove(&keys::time(us, seq));
-                n += 1;
-                bytes += v.len() as u64;
-                through = Some(seq);
+        for kv in self
+            .log
+            .range(keys::alert(Seq(0))..keys::alert(keep_from))
+            .take(1024)
+        {
+            let (k, v) = kv?;
+            let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
+            let record = decode_record(seq, &v)?;
+            let us = micros(record.received_at);
+            let too_old = cutoff_us.is_some_and(|c| us < c);
+            let too_big =
+                max_bytes.is_some_and(|m| self.state.meta.bytes.saturating_sub(pruned.bytes) > m);
+            if !(too_old || too_big) {
+                break;
             }
-            if n == 0 {
-                return Ok(pruned);
-            }
-            let remaining = self.state.bytes - bytes;
-            batch.insert(keys::META_BYTES, &remaining.to_be_bytes());
-            self.log.apply_batch(batch).map_err(StoreError::from_sled)?;
-            self.state.bytes = remaining;
-            pruned.alerts += n;
-            pruned.bytes += bytes;
-            pruned.through = through;
-            if let Some(seq) = through {
-                self.recent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .forget_through(seq);
-            }
+            batch.remove(&k);
+            batch.remove(&keys::id(&record.alert.id));
+            batch.remove(&keys::time(us, seq));
+            pruned.alerts += 1;
+            pruned.bytes += v.len() as u64;
+            pruned.through = Some(seq);
         }
+        let Some(through) = pruned.through else {
+            return Ok(pruned);
+        };
+        let before = self.state.meta;
+        self.state.meta.bytes = self.state.meta.bytes.saturating_sub(pruned.bytes);
+        self.state.meta.save(&before, &mut batch);
+        if let Err(e) = self.log.apply_batch(batch) {
+            self.state.meta = before;
+            return Err(StoreError::from_sled(e));
+        }
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_through(through);
+        Ok(pruned)
+    }
+}
+
+/// A re-published id is a duplicate only when it comes from the same origin;
+/// another node reusing an id is refused without revealing the original.
+fn check_same_origin(stored: &Alert, new: &Alert) -> Result<(), StoreError> {
+    if stored.origin == new.origin {
+        Ok(())
+    } else {
+        Err(StoreError::IdConflict)
     }
 }
 
@@ -340,6 +504,30 @@ fn encode_record(record: &Record) -> Vec<u8> {
     message::encode(2, &received_at, &mut buf);
     message::encode(3, body, &mut buf);
     buf
+}
+
+/// Answers every command of a group with the failure that stopped the writer.
+fn refuse(group: Vec<Command>, reason: &str) -> bool {
+    let err = || {
+        StoreError::Failed(format!(
+            "an earlier commit failed ({reason}); restart the broker"
+        ))
+    };
+    let mut stop = false;
+    for cmd in group {
+        match cmd {
+            Command::Append { reply, .. } => drop(reply.send(Err(err()))),
+            Command::OutboxDone { reply, .. } | Command::Flush { reply } => {
+                drop(reply.send(Err(err())))
+            }
+            Command::Prune { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Stop { done } => {
+                let _ = done.send(());
+                stop = true;
+            }
+        }
+    }
+    stop
 }
 
 fn clone_err(e: &StoreError) -> StoreError {

@@ -1,0 +1,226 @@
+//! The state of the agent's upstream link, shared by the uplink and the
+//! downlink, and the reconnect policy: exponential backoff with a cap and
+//! jitter; a refused certificate is told apart from a network that is down.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use tracing::{error, info, warn};
+
+use crate::proto::LinkState;
+
+/// Tuning of the upstream link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// First retry delay.
+    pub backoff_min: Duration,
+    /// Longest retry delay (also used after a certificate refusal).
+    pub backoff_max: Duration,
+    /// HTTP/2 keepalive ping interval; a ping unanswered within
+    /// `keepalive_timeout` closes the connection (detects stalls).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// An alert sent upstream and not acknowledged within this time means the
+    /// link stalled: the stream is torn down and the link rebuilt.
+    pub ack_timeout: Duration,
+    /// Alerts sent upstream and not yet acknowledged, at most.
+    pub window: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(30),
+            window: 256,
+        }
+    }
+}
+
+/// Why a link attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The network or the broker is unavailable, or the link stalled.
+    Down(String),
+    /// Our certificate (or the broker's) was refused: retrying fast will not help.
+    Refused(String),
+}
+
+impl Problem {
+    /// Classifies a failed gRPC call: certificate trouble anywhere in the
+    /// error chain (a rustls alert, UNAUTHENTICATED) is a refusal; the rest
+    /// is the network.
+    pub fn of(status: &tonic::Status) -> Problem {
+        let text = chain(status);
+        let refused = status.code() == tonic::Code::Unauthenticated
+            || status.code() == tonic::Code::PermissionDenied
+            || text.to_ascii_lowercase().contains("certificate");
+        if refused {
+            Problem::Refused(text)
+        } else {
+            Problem::Down(text)
+        }
+    }
+}
+
+/// The status message with its whole source chain (rustls' alert is deep).
+pub fn chain(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub state: LinkState,
+    pub last_contact: Option<SystemTime>,
+    pub last_error: String,
+    pub reconnects: u64,
+}
+
+/// Shared, cheap-to-clone view of the link. A std mutex: held for a field
+/// update, never across an `.await`.
+#[derive(Clone)]
+pub struct Link {
+    status: Arc<Mutex<LinkStatus>>,
+    upstream: Arc<str>,
+}
+
+impl Link {
+    pub fn new(upstream: &str) -> Link {
+        Link {
+            status: Arc::new(Mutex::new(LinkStatus {
+                state: LinkState::Connecting,
+                last_contact: None,
+                last_error: String::new(),
+                reconnects: 0,
+            })),
+            upstream: upstream.into(),
+        }
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something arrived from upstream: the link works.
+    pub fn contact(&self) {
+        let mut s = self.lock();
+        s.last_contact = Some(SystemTime::now());
+        if s.state != LinkState::Up {
+            if matches!(s.state, LinkState::Down | LinkState::Refused) {
+                s.reconnects += 1;
+            }
+            s.state = LinkState::Up;
+            s.last_error.clear();
+            info!(upstream = %self.upstream, "link up");
+        }
+    }
+
+    /// An attempt failed; logs the transition once.
+    pub fn failed(&self, problem: &Problem) {
+        let mut s = self.lock();
+        let (state, reason) = match problem {
+            Problem::Down(r) => (LinkState::Down, r),
+            Problem::Refused(r) => (LinkState::Refused, r),
+        };
+        s.last_error.clone_from(reason);
+        if s.state != state {
+            s.state = state;
+            match state {
+                LinkState::Refused => error!(
+                    upstream = %self.upstream, reason = %reason,
+                    "the upstream broker refused this agent's certificate (or its own was refused); \
+                     alerts stay queued; renew or fix the certificate"
+                ),
+                _ => {
+                    warn!(upstream = %self.upstream, reason = %reason, "link down; alerts stay queued")
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter in [d/2, d].
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(config: &LinkConfig) -> Backoff {
+        Backoff {
+            next: config.backoff_min,
+            min: config.backoff_min,
+            max: config.backoff_max,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The delay before the next attempt; a refusal waits the maximum.
+    pub fn delay(&mut self, problem: &Problem) -> Duration {
+        let base = match problem {
+            Problem::Refused(_) => self.max,
+            Problem::Down(_) => self.next,
+        };
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let config = LinkConfig {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            ..LinkConfig::default()
+        };
+        let mut b = Backoff::new(&config);
+        let down = Problem::Down("x".into());
+        let delays: Vec<Duration> = (0..8).map(|_| b.delay(&down)).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let nominal =
+                (Duration::from_millis(100) * 2u32.pow(i as u32)).min(Duration::from_secs(2));
+            assert!(
+                *d >= nominal / 2 && *d <= nominal,
+                "attempt {i}: {d:?} vs {nominal:?}"
+            );
+        }
+        assert!(b.delay(&Problem::Refused("cert".into())) >= Duration::from_secs(1));
+        b.reset();
+        assert!(b.delay(&down) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn certificate_trouble_is_a_refusal_not_a_network_problem() {
+        let s = tonic::Status::unauthenticated("no identity");
+        assert!(matches!(Problem::of(&s), Problem::Refused(_)));
+        let s = tonic::Status::unknown("transport error: received fatal alert: CertificateExpired");
+        assert!(matches!(Problem::of(&s), Problem::Refused(_)));
+        let s = tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        assert!(matches!(Problem::of(&s), Problem::Down(_)));
+    }
+}

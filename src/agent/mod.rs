@@ -1,0 +1,212 @@
+//! `liaison agent`: store-and-forward for a post on an intermittent link.
+//!
+//! The agent is a small broker of its own (same store, same core, same gRPC
+//! `Broker` service on a local listener) plus two link tasks:
+//!
+//! - the [uplink](uplink) drains the outbox — every local publish is queued
+//!   there in the same atomic commit that stores it — to the upstream
+//!   broker over `PublishStream`, priority alerts first;
+//! - the [downlink](downlink) follows a durable feed upstream and writes
+//!   each delivery into the local store (the inbox) before acknowledging it.
+//!
+//! Local callers are the post's own software: on a loopback listener they
+//! need no certificate and act as the agent's identity; any other address
+//! requires mutual TLS. Upstream, everything carries the agent's certificate.
+
+mod downlink;
+mod link;
+mod service;
+mod uplink;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tracing::info;
+
+pub use downlink::InboxConfig;
+pub use link::{LinkConfig, Problem};
+
+use crate::broker::{Broker, BrokerConfig};
+use crate::client::{self, ClientError};
+use crate::grpc::BrokerService;
+use crate::identity::{IdentityError, NodeId};
+use crate::proto::agent_server::AgentServer;
+use crate::proto::broker_server::BrokerServer;
+use crate::store::{OutboxLimits, Store, StoreConfig, StoreError};
+use crate::tls::{self, TlsError, TlsFiles};
+use service::AgentService;
+
+/// Everything `agent` needs besides the listener.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `https://HOST:PORT` of the upstream broker.
+    pub upstream: String,
+    /// The agent's own certificate (its identity upstream) and the CA.
+    pub tls: TlsFiles,
+    pub data_dir: PathBuf,
+    pub outbox: OutboxLimits,
+    pub inbox: InboxConfig,
+    pub link: LinkConfig,
+    /// Server certificate for a non-loopback local listener (mutual TLS).
+    pub listen_tls: Option<TlsFiles>,
+    pub broker: BrokerConfig,
+    pub store: StoreConfig,
+    pub shutdown_grace: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(upstream: String, tls: TlsFiles, data_dir: PathBuf) -> Self {
+        Self {
+            upstream,
+            tls,
+            data_dir,
+            outbox: OutboxLimits::default(),
+            inbox: InboxConfig::default(),
+            link: LinkConfig::default(),
+            listen_tls: None,
+            broker: BrokerConfig::default(),
+            store: StoreConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("the agent's certificate {path}: {source}")]
+    Identity {
+        path: PathBuf,
+        source: IdentityError,
+    },
+    #[error("upstream: {0}")]
+    Upstream(#[from] ClientError),
+    #[error(
+        "refusing to serve plaintext on {0}: plaintext is only allowed on loopback; \
+         give a server certificate for the local listener (--listen-cert/--listen-key)"
+    )]
+    PlaintextNotLoopback(std::net::SocketAddr),
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("the local gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the final flush failed: {0}")]
+    Flush(StoreError),
+}
+
+/// Reads the identity from the first certificate of a PEM file.
+///
+/// # Errors
+/// When the file cannot be read or carries no valid liaison identity.
+pub fn identity_of(cert: &std::path::Path) -> Result<NodeId, AgentError> {
+    let certs = tls::load_certs(cert)?;
+    let leaf = certs.first().ok_or_else(|| AgentError::Identity {
+        path: cert.to_owned(),
+        source: IdentityError::NoCertificate,
+    })?;
+    NodeId::from_certificate(leaf).map_err(|source| AgentError::Identity {
+        path: cert.to_owned(),
+        source,
+    })
+}
+
+/// Runs the agent on `listener` until `shutdown` is cancelled.
+///
+/// # Errors
+/// When the certificates, the store or the local listener cannot be used.
+pub async fn run(
+    listener: TcpListener,
+    mut config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let identity = identity_of(&config.tls.cert)?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| AgentError::Tls(TlsError::Config(e.to_string())))?;
+    let listen_tls = match &config.listen_tls {
+        Some(files) => Some(tls::server_config(files)?),
+        None if local.ip().is_loopback() => None,
+        None => return Err(AgentError::PlaintextNotLoopback(local)),
+    };
+    let upstream = client::endpoint(&config.upstream, Some(&config.tls))?
+        .http2_keep_alive_interval(config.link.keepalive_interval)
+        .keep_alive_timeout(config.link.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    config.broker.outbox = Some(config.outbox);
+    let store = Store::open(&config.data_dir, config.store.clone()).map_err(|source| {
+        AgentError::Store {
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    let broker = Broker::new(store.clone(), config.broker.clone(), shutdown.child_token());
+    let link = link::Link::new(&config.upstream);
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(broker.clone().run_retention());
+    tasks.spawn(uplink::run(
+        store.clone(),
+        upstream.clone(),
+        link.clone(),
+        config.link.clone(),
+        shutdown.child_token(),
+    ));
+    tasks.spawn(downlink::run(
+        broker.clone(),
+        upstream,
+        link.clone(),
+        config.link.clone(),
+        config.inbox.clone(),
+        shutdown.child_token(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<BrokerServer<BrokerService>>().await;
+    let max_message = config.broker.limits.max_alert_bytes * 2 + 64 * 1024;
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(
+            BrokerServer::new(BrokerService::new(broker, shutdown.child_token()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(AgentServer::new(AgentService::new(
+            store.clone(),
+            link,
+            identity.clone(),
+            config.upstream.clone(),
+        )));
+    info!(%local, %identity, upstream = %config.upstream, data = %config.data_dir.display(), "agent listening");
+    let signal = shutdown.clone().cancelled_owned();
+    match listen_tls {
+        Some(tls_config) => {
+            let incoming = tls::incoming(listener, tls_config, shutdown.child_token());
+            crate::server::drain(
+                router.serve_with_incoming_shutdown(incoming, signal),
+                &shutdown,
+                config.shutdown_grace,
+            )
+            .await?;
+        }
+        None => {
+            let incoming = tls::incoming_plain(listener, identity, shutdown.child_token());
+            crate::server::drain(
+                router.serve_with_incoming_shutdown(incoming, signal),
+                &shutdown,
+                config.shutdown_grace,
+            )
+            .await?;
+        }
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(config.shutdown_grace, tasks.wait()).await;
+    store.close().await.map_err(AgentError::Flush)?;
+    info!("agent stopped; store flushed");
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `liaison agent` (run the store-and-forward agent of a post) and
+//! `liaison agent status`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::alert_args::parse_duration;
+use super::client_cmds::{FilterArgs, status_error};
+use super::json::time_json;
+use super::serve::on_signal;
+use crate::agent::{self, AgentConfig};
+use crate::proto as pb;
+use crate::store::OutboxLimits;
+use crate::tls::TlsFiles;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: AgentRunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Show the link state, outbox and inbox of a running agent.
+    Status(AgentStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// The upstream broker, https://HOST:PORT.
+    #[arg(long, env = "LIAISON_UPSTREAM", required = true)]
+    pub upstream: Option<String>,
+    /// PKI directory with ca.crt and this post's NAME.crt/NAME.key.
+    #[arg(long, env = "LIAISON_CERTS", default_value = "certs")]
+    pub certs: PathBuf,
+    /// This post's certificate name in --certs (its identity upstream).
+    #[arg(long, env = "LIAISON_NAME", required = true)]
+    pub name: Option<String>,
+    /// Local listener for the post's software. Plaintext is allowed only on
+    /// loopback; any other address needs --listen-cert and --listen-key.
+    #[arg(long, env = "LIAISON_AGENT_LISTEN", default_value = "127.0.0.1:7444")]
+    pub listen: SocketAddr,
+    /// Server certificate for a non-loopback listener (clients need
+    /// certificates from the same CA).
+    #[arg(long, requires = "listen_key")]
+    pub listen_cert: Option<PathBuf>,
+    #[arg(long, requires = "listen_cert")]
+    pub listen_key: Option<PathBuf>,
+    /// Data directory (outbox and inbox).
+    #[arg(long, env = "LIAISON_AGENT_DATA", default_value = "agent-data")]
+    pub data: PathBuf,
+    /// Most alerts waiting in the outbox; further local publishes are refused.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub outbox_max_alerts: u64,
+    /// Most bytes waiting in the outbox.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    pub outbox_max_bytes: u64,
+    /// Name of the agent's durable feed at the upstream broker.
+    #[arg(long, default_value = "inbox")]
+    pub inbox_feed: String,
+    /// What the inbox receives from upstream.
+    #[command(flatten)]
+    pub inbox_filter: FilterArgs,
+    /// Longest wait between reconnect attempts.
+    #[arg(long, default_value = "60s")]
+    pub max_backoff: String,
+    /// HTTP/2 keepalive interval towards upstream (stall detection).
+    #[arg(long, default_value = "15s")]
+    pub keepalive: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentStatusArgs {
+    /// The agent's local address.
+    #[arg(long, env = "LIAISON_AGENT", default_value = "http://127.0.0.1:7444")]
+    pub agent: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: AgentArgs) -> Result<ExitCode> {
+    match args.command {
+        Some(AgentCommand::Status(s)) => status(s).await,
+        None => serve(args.run).await,
+    }
+}
+
+async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
+    let (Some(upstream), Some(name)) = (args.upstream, args.name) else {
+        bail!("--upstream and --name are required");
+    };
+    let mut config = AgentConfig::new(upstream, TlsFiles::in_dir(&args.certs, &name), args.data);
+    config.outbox = OutboxLimits {
+        max_alerts: args.outbox_max_alerts,
+        max_bytes: args.outbox_max_bytes,
+    };
+    config.inbox.feed = args.inbox_feed;
+    config.inbox.filter = args.inbox_filter.to_proto()?;
+    config.link.backoff_max = parse_duration(&args.max_backoff)?;
+    config.link.keepalive_interval = parse_duration(&args.keepalive)?;
+    if let (Some(cert), Some(key)) = (args.listen_cert, args.listen_key) {
+        config.listen_tls = Some(TlsFiles {
+            ca: config.tls.ca.clone(),
+            cert,
+            key,
+        });
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let scheme = if config.listen_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "liaison agent: listening on {scheme}://{}",
+        listener.local_addr()?
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    agent::run(listener, config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(args: AgentStatusArgs) -> Result<ExitCode> {
+    let channel = crate::client::endpoint(&args.agent, None)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the agent at {}", args.agent))?;
+    let s = pb::agent_client::AgentClient::new(channel)
+        .status(pb::AgentStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let state = pb::LinkState::try_from(s.link_state)
+        .map(|l| {
+            l.as_str_name()
+                .trim_start_matches("LINK_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into());
+    let v = json!({
+        "identity": s.identity.as_ref().map(|o| o.urn.clone()),
+        "upstream": s.upstream,
+        "link_state": state,
+        "last_contact": time_json(&s.last_contact),
+        "last_error": s.last_error,
+        "reconnects": s.reconnects,
+        "outbox_depth": s.outbox_depth,
+        "outbox_bytes": s.outbox_bytes,
+        "outbox_oldest": time_json(&s.outbox_oldest),
+        "forwarded_total": s.forwarded_total,
+        "expired_total": s.expired_total,
+        "rejected_total": s.rejected_total,
+        "inbox_total": s.inbox_total,
+        "head_seq": s.head_seq,
+    });
+    if args.json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(map) = v.as_object() {
+        for (k, val) in map {
+            let text = match val {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:<16} {text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,254 @@
+//! The agent's outbox: alerts published locally that still have to be
+//! forwarded upstream. An outbox entry is a key `o|class|seq` in the log tree,
+//! written in the same atomic batch as the alert itself, so an acknowledged
+//! local publish is always both stored and queued.
+//!
+//! Entries are read in key order: every priority entry (class 0: urgency
+//! IMMEDIATE or severity EXTREME) before any routine one (class 1), and by
+//! sequence — publish order — within a class. A priority UPDATE or CANCEL
+//! promotes the routine entries it references, so it never overtakes them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::writer::{Command, Meta, Staged};
+use super::{Store, StoreError, corrupt, keys};
+use crate::alert::{AlertId, Record, Seq};
+
+pub const PRIORITY: u8 = 0;
+pub const ROUTINE: u8 = 1;
+const CLASSES: [u8; 2] = [PRIORITY, ROUTINE];
+
+/// Bounds of the outbox. The oldest alerts are never dropped to make room:
+/// when full, new local publishes are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    pub max_alerts: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self {
+            max_alerts: 1_000_000,
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// How an outbox entry left the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged by the upstream broker.
+    Forwarded,
+    /// Its `expires` passed before it could be sent.
+    Expired,
+    /// Refused for good by the upstream broker.
+    Rejected,
+}
+
+/// Outbox depth and the lifetime counters of an agent's store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub depth: u64,
+    pub bytes: u64,
+    /// Accept time of the oldest waiting alert.
+    pub oldest: Option<SystemTime>,
+    pub forwarded: u64,
+    pub expired: u64,
+    pub rejected: u64,
+    pub inbox: u64,
+}
+
+fn range() -> std::ops::Range<[u8; 10]> {
+    keys::outbox(PRIORITY, Seq(0))..keys::outbox(u8::MAX, Seq(u64::MAX))
+}
+
+/// Queues a record being appended (writer thread).
+pub(super) fn enqueue(
+    log: &sled::Tree,
+    staged: &mut Staged,
+    meta: &mut Meta,
+    record: &Record,
+    size: u64,
+    limits: OutboxLimits,
+) -> Result<(), StoreError> {
+    if meta.outbox_count >= limits.max_alerts || meta.outbox_bytes + size > limits.max_bytes {
+        return Err(StoreError::OutboxFull {
+            alerts: meta.outbox_count,
+            bytes: meta.outbox_bytes,
+        });
+    }
+    let class = if record.alert.is_priority() {
+        PRIORITY
+    } else {
+        ROUTINE
+    };
+    if class == PRIORITY {
+        for reference in &record.alert.body.references {
+            if let Ok(id) = reference.parse::<AlertId>() {
+                promote(log, staged, &id)?;
+            }
+        }
+    }
+    staged
+        .batch
+        .insert(&keys::outbox(class, record.seq), &size.to_be_bytes());
+    staged.outbox.insert(record.seq, (class, size));
+    meta.outbox_count += 1;
+    meta.outbox_bytes += size;
+    Ok(())
+}
+
+/// Moves the routine entry of alert `id`, if it is still queued, to the
+/// priority class (keeping its sequence, so its order is kept).
+fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<(), StoreError> {
+    let seq = match staged.seq_of(id) {
+        Some(seq) => seq,
+        None => match log.get(keys::id(id))? {
+            Some(v) => {
+                keys::parse_id_value(&v)
+                    .ok_or_else(|| corrupt("id index", id))?
+                    .0
+            }
+            None => return Ok(()),
+        },
+    };
+    let size = match staged.outbox.get(&seq) {
+        Some((ROUTINE, size)) => Some(*size),
+        Some(_) => None,
+        None => log
+            .get(keys::outbox(ROUTINE, seq))?
+            .and_then(|v| keys::u64_value(&v))
+            .filter(|_| !staged.removed.contains(&seq)),
+    };
+    if let Some(size) = size {
+        staged.batch.remove(&keys::outbox(ROUTINE, seq));
+        staged
+            .batch
+            .insert(&keys::outbox(PRIORITY, seq), &size.to_be_bytes());
+        staged.outbox.insert(seq, (PRIORITY, size));
+    }
+    Ok(())
+}
+
+/// Removes entries that left the outbox and counts how (writer thread).
+/// Unknown or already removed sequences are ignored.
+pub(super) fn finish(
+    log: &sled::Tree,
+    staged: &mut Staged,
+    meta: &mut Meta,
+    seqs: &[Seq],
+    outcome: Outcome,
+) -> Result<(), StoreError> {
+    for seq in seqs {
+        if staged.removed.contains(seq) {
+            continue;
+        }
+        let entry = match staged.outbox.get(seq) {
+            Some(&(class, size)) => Some((class, size)),
+            None => CLASSES.iter().find_map(|class| {
+                log.get(keys::outbox(*class, *seq))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| keys::u64_value(&v))
+                    .map(|size| (*class, size))
+            }),
+        };
+        let Some((class, size)) = entry else {
+            continue;
+        };
+        staged.batch.remove(&keys::outbox(class, *seq));
+        staged.outbox.remove(seq);
+        staged.removed.insert(*seq);
+        meta.outbox_count = meta.outbox_count.saturating_sub(1);
+        meta.outbox_bytes = meta.outbox_bytes.saturating_sub(size);
+        match outcome {
+            Outcome::Forwarded => meta.forwarded += 1,
+            Outcome::Expired => meta.expired += 1,
+            Outcome::Rejected => meta.rejected += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The lowest sequence still in the outbox.
+pub(super) fn oldest_seq(log: &sled::Tree) -> Result<Option<Seq>, StoreError> {
+    let mut oldest: Option<Seq> = None;
+    for class in CLASSES {
+        let first = log
+            .range(keys::outbox(class, Seq(0))..keys::outbox(class, Seq(u64::MAX)))
+            .next()
+            .transpose()?;
+        if let Some(seq) = first.and_then(|(k, _)| keys::outbox_seq(&k)) {
+            oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+        }
+    }
+    Ok(oldest)
+}
+
+impl Store {
+    /// Up to `limit` queued records in forwarding order (priority first,
+    /// then publish order), leaving out those in `skip` (already in flight).
+    ///
+    /// # Errors
+    /// On a storage failure or a corrupt entry.
+    pub fn outbox_peek(
+        &self,
+        skip: &HashSet<Seq>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Record>>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.log.range(range()) {
+            let (k, _) = kv?;
+            let seq =
+                keys::outbox_seq(&k).ok_or_else(|| corrupt("outbox key", format!("{k:?}")))?;
+            // Past the head: being committed right now, not yet acknowledged.
+            if skip.contains(&seq) || seq > self.head() {
+                continue;
+            }
+            let record = self.get(seq)?.ok_or_else(|| corrupt("outbox entry", seq))?;
+            out.push(record);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that queued alerts left the outbox (forwarded, expired or
+    /// rejected).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn outbox_done(&self, seqs: Vec<Seq>, outcome: Outcome) -> Result<(), StoreError> {
+        self.call(|reply| Command::OutboxDone {
+            seqs,
+            outcome,
+            reply,
+        })
+        .await
+    }
+
+    /// Depth of the outbox, age of its oldest alert and the counters.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let meta = self.meta();
+        let oldest = match oldest_seq(&self.inner.log)? {
+            Some(seq) => self.get(seq)?.map(|r| r.received_at),
+            None => None,
+        };
+        Ok(OutboxStats {
+            depth: meta.outbox_count,
+            bytes: meta.outbox_bytes,
+            oldest,
+            forwarded: meta.forwarded,
+            expired: meta.expired,
+            rejected: meta.rejected,
+            inbox: meta.inbox,
+        })
+    }
+}
