@@ -56,9 +56,15 @@ impl Problem {
     /// is the network.
     pub fn of(status: &tonic::Status) -> Problem {
         let text = chain(status);
+        // rustls alerts: CertificateRequired, BadCertificate, UnknownCA,
+        // CertificateExpired, CertificateRevoked, AccessDenied, …; and our
+        // own verification of the broker: "invalid peer certificate".
+        let lower = text.to_ascii_lowercase();
         let refused = status.code() == tonic::Code::Unauthenticated
             || status.code() == tonic::Code::PermissionDenied
-            || text.to_ascii_lowercase().contains("certificate");
+            || ["certificate", "unknownca", "accessdenied"]
+                .iter()
+                .any(|w| lower.contains(w));
         if refused {
             Problem::Refused(text)
         } else {

@@ -1,0 +1,126 @@
+//! A TCP proxy for flaky-link tests: passes bytes, cuts every connection
+//! (and refuses new ones), or stalls (sockets stay open, bytes stop), on
+//! command.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    Cut,
+    Stall,
+}
+
+pub struct FlakyProxy {
+    pub addr: SocketAddr,
+    mode: Arc<watch::Sender<Mode>>,
+    /// Client-to-server bytes forwarded so far.
+    upstream_bytes: Arc<AtomicU64>,
+    /// Cut once `upstream_bytes` reaches this (u64::MAX: never).
+    cut_at: Arc<AtomicU64>,
+}
+
+impl FlakyProxy {
+    pub async fn start(target: SocketAddr, mode: Mode) -> FlakyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, _) = watch::channel(mode);
+        let mode = Arc::new(tx);
+        let upstream_bytes = Arc::new(AtomicU64::new(0));
+        let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+        let (m, bytes, cut) = (mode.clone(), upstream_bytes.clone(), cut_at.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *m.borrow() == Mode::Cut {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, m.clone(), Some((bytes.clone(), cut.clone()))));
+                tokio::spawn(pump(sr, cw, m.clone(), None));
+            }
+        });
+        FlakyProxy {
+            addr,
+            mode,
+            upstream_bytes,
+            cut_at,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Waits until the proxy is in `mode` (e.g. after a `cut_after`).
+    pub async fn wait_for(&self, mode: Mode) {
+        let mut rx = self.mode.subscribe();
+        tokio::time::timeout(super::PATIENCE, rx.wait_for(|m| *m == mode))
+            .await
+            .expect("proxy reached the mode in time")
+            .expect("proxy alive");
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Cuts every connection once `more` further client-to-server bytes have
+    /// passed (a link that drops in the middle of a batch).
+    pub fn cut_after(&self, more: u64) {
+        let now = self.upstream_bytes.load(Ordering::SeqCst);
+        self.cut_at.store(now + more, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<watch::Sender<Mode>>,
+    count: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
+) {
+    let mut rx = mode.subscribe();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = rx.changed() => {
+                if changed.is_err() || *rx.borrow() == Mode::Cut {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Stalled: hold the bytes, keep the sockets open.
+        let Ok(mode_now) = rx.wait_for(|m| *m != Mode::Stall).await.map(|m| *m) else {
+            return;
+        };
+        if mode_now == Mode::Cut {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        if let Some((bytes, cut_at)) = &count {
+            let total = bytes.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+            if total >= cut_at.load(Ordering::SeqCst) {
+                cut_at.store(u64::MAX, Ordering::SeqCst);
+                mode.send_replace(Mode::Cut);
+                return;
+            }
+        }
+    }
+}
