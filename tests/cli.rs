@@ -325,3 +325,114 @@ fn quick_start_serve_issue_publish_subscribe_get() {
     );
     server.kill9();
 }
+
+#[test]
+fn a_post_publishes_through_its_agent_with_no_certificate_flags() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    ok(liaison(&["certs", "init", "--dir", "certs"], d));
+    ok(liaison(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "certs",
+            "--node",
+            "urn:liaison:TJ:border-guard:ishkashim",
+            "--name",
+            "ishkashim",
+        ],
+        d,
+    ));
+    let server = ServeProcess::start(&d.join("certs"), &d.join("data"));
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args([
+            "agent",
+            "--upstream",
+            &server.url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            "agent-data",
+        ])
+        .current_dir(d)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let mut line = String::new();
+    BufReader::new(agent.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("readiness");
+    let local = line
+        .trim()
+        .strip_prefix("liaison agent: listening on ")
+        .expect("readiness line")
+        .to_owned();
+    assert!(local.starts_with("http://127.0.0.1:"));
+
+    let ack = ok(liaison(
+        &[
+            "publish",
+            "--broker",
+            &local,
+            "--category",
+            "arms",
+            "--severity",
+            "extreme",
+            "--headline",
+            "cache found",
+        ],
+        d,
+    ));
+    let ack: serde_json::Value = serde_json::from_str(ack.trim()).expect("JSON");
+    let id = ack["id"].as_str().expect("id").to_owned();
+
+    // Forwarded upstream under the post's identity (bounded wait).
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let status = ok(liaison(
+            &["agent", "status", "--agent", &local, "--json"],
+            d,
+        ));
+        let status: serde_json::Value = serde_json::from_str(status.trim()).expect("JSON");
+        if status["forwarded_total"] == 1 {
+            assert_eq!(status["outbox_depth"], 0);
+            assert_eq!(status["identity"], "urn:liaison:TJ:border-guard:ishkashim");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never forwarded: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let got = ok(liaison(
+        &[
+            "get",
+            "--broker",
+            &server.url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+            &id,
+            "--json",
+        ],
+        d,
+    ));
+    let got: serde_json::Value = serde_json::from_str(got.trim()).expect("JSON");
+    assert_eq!(
+        got["alert"]["origin"]["urn"],
+        "urn:liaison:TJ:border-guard:ishkashim"
+    );
+    agent.kill().expect("kill agent");
+    let _ = agent.wait();
+    server.kill9();
+}
