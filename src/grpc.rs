@@ -28,6 +28,7 @@ impl From<BrokerError> for Status {
         match e {
             BrokerError::Rejected(r) => Status::invalid_argument(r.to_string()),
             BrokerError::NotFound => Status::not_found("no such alert"),
+            BrokerError::Denied(d) => Status::permission_denied(d.to_string()),
             BrokerError::TakenOver => Status::aborted(e.to_string()),
             BrokerError::ShuttingDown => Status::unavailable(e.to_string()),
             BrokerError::Store(StoreError::DiskFull(d)) => Status::resource_exhausted(format!(
@@ -78,6 +79,22 @@ impl BrokerService {
     pub fn new(broker: Broker, shutdown: CancellationToken) -> Self {
         Self { broker, shutdown }
     }
+
+    /// The caller's identity; a certificate without one is refused with
+    /// UNAUTHENTICATED and recorded in the audit trail.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        match caller(req) {
+            Ok(node) => Ok(node),
+            Err(status) => {
+                let peer = req
+                    .extensions()
+                    .get::<Peer>()
+                    .map_or_else(|| "unknown peer".to_owned(), |p| p.remote.to_string());
+                self.broker.auth_failure(&peer, status.message()).await;
+                Err(status)
+            }
+        }
+    }
 }
 
 fn ack_proto(ack: &PublishAck) -> pb::PublishResponse {
@@ -110,7 +127,7 @@ impl BrokerApi for BrokerService {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let node = caller(&req)?;
+        let node = self.caller(&req).await?;
         let alert = req
             .into_inner()
             .alert
@@ -126,7 +143,7 @@ impl BrokerApi for BrokerService {
         &self,
         req: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let node = caller(&req)?;
+        let node = self.caller(&req).await?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_PIPELINE);
         let broker = self.broker.clone();
@@ -142,7 +159,7 @@ impl BrokerApi for BrokerService {
         &self,
         req: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let node = caller(&req)?;
+        let node = self.caller(&req).await?;
         let mut inbound = req.into_inner();
         let open = match inbound.message().await? {
             Some(pb::SubscribeRequest {
@@ -193,7 +210,7 @@ impl BrokerApi for BrokerService {
         &self,
         req: Request<pb::GetAlertRequest>,
     ) -> Result<Response<pb::AlertRecord>, Status> {
-        let node = caller(&req)?;
+        let node = self.caller(&req).await?;
         let id: AlertId = req
             .get_ref()
             .id
@@ -207,24 +224,87 @@ impl BrokerApi for BrokerService {
         &self,
         req: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
-        let node = caller(&req)?;
+        let node = self.caller(&req).await?;
         let query = list_query(req.get_ref())?;
-        let page = self.broker.list(&node, &query)?;
+        let page = self.broker.list(&node, &query).await?;
         Ok(Response::new(pb::ListAlertsResponse {
             alerts: page.records.iter().map(|r| r.to_proto()).collect(),
             next_page_token: page.next.map(|s| s.0.to_string()).unwrap_or_default(),
         }))
     }
 
+    async fn acknowledge(
+        &self,
+        req: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::Receipt>, Status> {
+        let node = self.caller(&req).await?;
+        let id = alert_id(&req.get_ref().id)?;
+        let receipt = self
+            .broker
+            .acknowledge(&node, &id, &req.get_ref().note)
+            .await?;
+        Ok(Response::new(receipt.to_proto()))
+    }
+
+    type ReceiptsStream = ReceiverStream<Result<pb::Receipt, Status>>;
+
+    async fn receipts(
+        &self,
+        req: Request<pb::ReceiptsRequest>,
+    ) -> Result<Response<Self::ReceiptsStream>, Status> {
+        let node = self.caller(&req).await?;
+        let id = alert_id(&req.get_ref().id)?;
+        let first = self.broker.receipts(&node, &id)?;
+        let (tx, rx) = mpsc::channel(64);
+        let follow = req.get_ref().follow;
+        let broker = self.broker.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            // Receipts are never removed; each is sent once.
+            let mut sent = std::collections::HashSet::new();
+            let mut changes = broker.store().watch_receipts();
+            let mut receipts = first;
+            loop {
+                for r in receipts {
+                    if sent.insert((r.kind, r.recipient.clone(), r.feed.clone()))
+                        && tx.send(Ok(r.to_proto())).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if !follow {
+                    return;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                receipts = match broker.receipts(&node, &id) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let node = caller(&req)?;
+        let node = self.caller(&req).await?;
         Ok(Response::new(pb::WhoAmIResponse {
             identity: Some(origin_proto(&node)),
         }))
     }
+}
+
+fn alert_id(id: &str) -> Result<AlertId, Status> {
+    id.parse().map_err(|_| invalid("id", "must be a UUID"))
 }
 
 fn list_query(req: &pb::ListAlertsRequest) -> Result<ListQuery, Status> {

@@ -33,6 +33,7 @@
 
 pub mod agent;
 pub mod alert;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod client;
@@ -41,6 +42,8 @@ pub mod grpc;
 pub mod identity;
 pub mod marking;
 pub mod pki;
+pub mod policy;
+pub mod receipt;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -5,6 +5,7 @@
 //! start a broker in-process without sleeping.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -28,6 +29,11 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     /// How long open streams may take to close after shutdown begins.
     pub shutdown_grace: Duration,
+    /// The sharing policy file; `None` runs open (development).
+    pub policy_file: Option<PathBuf>,
+    /// How often the policy file is checked for changes (SIGHUP reloads at
+    /// once).
+    pub policy_poll: Duration,
 }
 
 impl ServeConfig {
@@ -38,6 +44,8 @@ impl ServeConfig {
             broker: BrokerConfig::default(),
             store: StoreConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            policy_file: None,
+            policy_poll: Duration::from_secs(2),
         }
     }
 }
@@ -52,6 +60,13 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the final flush failed: {0}")]
     Flush(StoreError),
+    #[error("the policy file {path} is not valid:\n{errors}")]
+    Policy { path: PathBuf, errors: String },
+    #[error("cannot read the policy file {path}: {source}")]
+    PolicyRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the broker on `listener` until `shutdown` is cancelled, then closes
@@ -66,6 +81,31 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let tls_config = tls::server_config(&config.tls)?;
+    let mut broker_config = config.broker.clone();
+    let policy_text = match &config.policy_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ServeError::PolicyRead {
+                path: path.clone(),
+                source,
+            })?;
+            let policy = crate::policy::parse(&text).map_err(|errors| ServeError::Policy {
+                path: path.clone(),
+                errors: errors
+                    .iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            })?;
+            broker_config.policy = Arc::new(policy);
+            Some(text)
+        }
+        None => {
+            warn!(
+                "no sharing policy (--policy): running OPEN — every node may publish and subscribe every category, and every pair of countries shares everything the markings allow"
+            );
+            None
+        }
+    };
     let store = Store::open(&config.data_dir, config.store.clone()).map_err(|source| {
         ServeError::Store {
             path: config.data_dir.clone(),
@@ -73,18 +113,43 @@ pub async fn run(
         }
     })?;
     let max_message = config.broker.limits.max_alert_bytes * 2 + 64 * 1024;
-    let broker = Broker::new(store.clone(), config.broker.clone(), shutdown.child_token());
+    let broker = Broker::new(store.clone(), broker_config, shutdown.child_token());
     let tasks = TaskTracker::new();
     tasks.spawn(broker.clone().run_retention());
+    if let (Some(path), Some(text)) = (&config.policy_file, policy_text) {
+        broker
+            .set_policy(
+                (*broker.policy()).clone(),
+                &path.display().to_string(),
+                &text,
+            )
+            .await;
+        tasks.spawn(watch_policy_file(
+            broker.clone(),
+            path.clone(),
+            config.policy_poll,
+            shutdown.child_token(),
+        ));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
-    let service = BrokerServer::new(BrokerService::new(broker, shutdown.child_token()))
+    let service = BrokerServer::new(BrokerService::new(broker.clone(), shutdown.child_token()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
     let addr = listener.local_addr().ok();
-    let incoming = tls::incoming(listener, tls_config, shutdown.child_token());
+    let audit = broker.clone();
+    let on_refused: tls::RefusalHook = Arc::new(move |remote, reason| {
+        let audit = audit.clone();
+        tokio::spawn(async move { audit.auth_failure(&remote.to_string(), &reason).await });
+    });
+    let incoming = tls::incoming(
+        listener,
+        tls_config,
+        shutdown.child_token(),
+        Some(on_refused),
+    );
     info!(?addr, data = %config.data_dir.display(), head_seq = store.head().0, "broker listening");
 
     let serve = Server::builder()
@@ -106,6 +171,55 @@ pub async fn run(
     store.close().await.map_err(ServeError::Flush)?;
     info!("broker stopped; store flushed");
     Ok(())
+}
+
+/// Reloads the policy file when it changes or on SIGHUP. A file that does
+/// not parse is refused (logged and audited); the old policy stays.
+async fn watch_policy_file(
+    broker: Broker,
+    path: PathBuf,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(poll);
+    loop {
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let source = path.display().to_string();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                if forced || last.is_some() {
+                    broker
+                        .policy_rejected(&source, &format!("cannot read it: {e}"))
+                        .await;
+                }
+                last = None;
+                continue;
+            }
+        };
+        if !forced && last.as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        last = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        match crate::policy::parse(&text) {
+            Ok(policy) => broker.set_policy(policy, &source, &text).await,
+            Err(errors) => {
+                let reason = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                broker.policy_rejected(&source, &reason).await;
+            }
+        }
+    }
 }
 
 /// Runs a tonic server future; once `shutdown` is cancelled, gives open

@@ -203,10 +203,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
 /// in its own task with a deadline, until `shutdown` is cancelled. The
 /// returned stream yields the connections that passed the handshake; it is
 /// meant for tonic's `serve_with_incoming_shutdown`.
+/// Called with the remote address and the reason when a handshake is
+/// refused (the broker records it in the audit trail).
+pub type RefusalHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
+
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
+    on_refused: Option<RefusalHook>,
 ) -> ReceiverStream<Result<PeerStream, io::Error>> {
     // The accept loop holds the sender; tonic holds the receiver. Bounded so
     // that a flood of handshakes cannot queue without limit.
@@ -229,8 +234,9 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let on_refused = on_refused.clone();
             tokio::spawn(async move {
-                if let Some(stream) = handshake(acceptor, tcp, remote).await {
+                if let Some(stream) = handshake(acceptor, tcp, remote, on_refused).await {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });
@@ -280,11 +286,15 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
+    on_refused: Option<RefusalHook>,
 ) -> Option<PeerStream> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!(%remote, reason = %e, "TLS handshake refused");
+            if let Some(hook) = on_refused {
+                hook(remote, format!("TLS handshake refused: {e}"));
+            }
             return None;
         }
         Err(_) => {

@@ -186,7 +186,7 @@ pub async fn run(
     let signal = shutdown.clone().cancelled_owned();
     match listen_tls {
         Some(tls_config) => {
-            let incoming = tls::incoming(listener, tls_config, shutdown.child_token());
+            let incoming = tls::incoming(listener, tls_config, shutdown.child_token(), None);
             crate::server::drain(
                 router.serve_with_incoming_shutdown(incoming, signal),
                 &shutdown,

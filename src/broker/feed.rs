@@ -29,10 +29,12 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{Broker, BrokerError, DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT};
 use crate::alert::{Record, Rejection, Seq, micros, system_time};
+use crate::audit::{AuditEvent, AuditKind};
 use crate::filter::Filter;
 use crate::identity::NodeId;
-use crate::marking::entitled;
+use crate::policy::Policy;
 use crate::proto as pb;
+use crate::receipt::{Receipt, ReceiptKind};
 use crate::store::{Store, StoredFeed};
 
 /// Where a new feed starts.
@@ -222,6 +224,7 @@ pub(super) async fn open(
         events: events_tx,
         acks: acks_rx,
         head: broker.store().watch_head(),
+        policy: broker.watch_policy(),
         shutdown: broker.shutdown_token().clone(),
         takeover,
         _guard: guard,
@@ -296,6 +299,8 @@ struct FeedTask {
     /// Acks from the subscriber, who holds the sender.
     acks: mpsc::Receiver<Vec<u64>>,
     head: watch::Receiver<Seq>,
+    /// The policy in force; the broker holds the sender.
+    policy: watch::Receiver<Arc<Policy>>,
     shutdown: CancellationToken,
     takeover: CancellationToken,
     /// Held for the task's life: the feed's lock (durable feeds only).
@@ -334,7 +339,7 @@ impl FeedTask {
         if has_room && !caught_up {
             // More to read: take pending acks and stops, then go on reading.
             while let Ok(seqs) = self.acks.try_recv() {
-                self.ack(&seqs);
+                self.ack(&seqs).await;
             }
             return self.check_cancelled();
         }
@@ -344,7 +349,7 @@ impl FeedTask {
             () = self.shutdown.cancelled() => return Err(Some(FeedEnd::ShuttingDown)),
             () = self.takeover.cancelled() => return Err(Some(FeedEnd::TakenOver)),
             acks = self.acks.recv() => match acks {
-                Some(seqs) => self.ack(&seqs),
+                Some(seqs) => self.ack(&seqs).await,
                 None => return Err(None),
             },
             changed = self.head.changed(), if has_room => {
@@ -398,18 +403,27 @@ impl FeedTask {
             // Everything up to the head was pruned.
             self.next_read = self.store.head().next();
         }
+        let policy = self.policy.borrow().clone();
         for record in chunk {
             self.next_read = record.seq.next();
             if self.acked.contains(&record.seq) {
                 continue;
             }
-            if self.filter.matches(&record.alert) && entitled(&record.alert, &self.owner) {
+            if self.filter.matches(&record.alert) && policy.entitled(&record.alert, &self.owner) {
                 let seq = record.seq;
                 self.send(FeedEvent::Delivery {
                     record: record.clone(),
                     attempt: 1,
                 })
                 .await?;
+                let detail = format!("feed {}; seq {seq}", self.feed_label());
+                let event = AuditEvent::new(
+                    AuditKind::Delivered,
+                    self.owner.to_string(),
+                    Some(record.alert.id),
+                    detail,
+                );
+                self.store.audit(event).await;
                 self.in_flight.insert(
                     seq,
                     InFlight {
@@ -446,10 +460,18 @@ impl FeedTask {
             .filter(|(_, f)| f.deadline <= now)
             .map(|(s, _)| *s)
             .collect();
+        let policy = self.policy.borrow().clone();
         for seq in due {
             let Some(f) = self.in_flight.get_mut(&seq) else {
                 continue;
             };
+            if !policy.entitled(&f.record.alert, &self.owner) {
+                // The policy changed since the first delivery: no more copies.
+                debug!(seq = seq.0, "no longer entitled; not redelivered");
+                self.in_flight.remove(&seq);
+                self.advance_floor();
+                continue;
+            }
             f.attempt += 1;
             f.deadline = now + self.ack_wait;
             let event = FeedEvent::Delivery {
@@ -462,12 +484,27 @@ impl FeedTask {
         Ok(())
     }
 
-    fn ack(&mut self, seqs: &[u64]) {
+    fn feed_label(&self) -> &str {
+        self.name.as_deref().unwrap_or("(ephemeral)")
+    }
+
+    /// Takes acknowledgements: each acknowledged delivery leaves the window
+    /// and becomes a DELIVERED receipt for the originator.
+    async fn ack(&mut self, seqs: &[u64]) {
         let mut changed = false;
         for seq in seqs.iter().map(|s| Seq(*s)) {
-            if self.in_flight.remove(&seq).is_some() {
+            if let Some(delivered) = self.in_flight.remove(&seq) {
                 self.acked.insert(seq);
                 changed = true;
+                let receipt = Receipt {
+                    alert: delivered.record.alert.id,
+                    kind: ReceiptKind::Delivered,
+                    recipient: self.owner.clone(),
+                    feed: self.name.clone().unwrap_or_default(),
+                    at: SystemTime::now(),
+                    note: String::new(),
+                };
+                self.store.record_receipt_nowait(receipt).await;
             }
         }
         if changed {

@@ -4,11 +4,13 @@
 
 mod feed;
 mod retention;
+mod sharing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -18,7 +20,7 @@ pub use retention::Retention;
 use crate::alert::{self, Alert, AlertId, Limits, Record, Rejection, Seq};
 use crate::filter::Filter;
 use crate::identity::NodeId;
-use crate::marking::entitled;
+use crate::policy::{Denied, Policy};
 use crate::proto as pb;
 use crate::store::{AppendKind, OutboxLimits, Store, StoreError};
 
@@ -33,17 +35,32 @@ pub enum BrokerError {
     #[error("the broker is shutting down")]
     ShuttingDown,
     #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Settings of the core.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub limits: Limits,
     pub retention: Retention,
     /// Set on an agent: local publishes are also queued in the outbox for
     /// forwarding upstream, within these limits.
     pub outbox: Option<OutboxLimits>,
+    /// The sharing policy in force at start (open when there is no file).
+    pub policy: Arc<Policy>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            retention: Retention::default(),
+            outbox: None,
+            policy: Arc::new(Policy::open()),
+        }
+    }
 }
 
 /// What a publisher is told.
@@ -94,6 +111,9 @@ struct Inner {
     feeds: Mutex<HashMap<(NodeId, String), feed::Slot>>,
     /// Cancelled when the broker shuts down; every feed task watches it.
     shutdown: CancellationToken,
+    /// The policy in force; replaced whole on reload. Feed tasks hold
+    /// receivers.
+    policy: watch::Sender<Arc<Policy>>,
 }
 
 impl Broker {
@@ -101,6 +121,7 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 store,
+                policy: watch::Sender::new(config.policy.clone()),
                 config,
                 feeds: Mutex::new(HashMap::new()),
                 shutdown,
@@ -147,6 +168,9 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         let alert = alert::validate(msg, origin, &self.inner.config.limits, SystemTime::now())?;
+        if let Err(denied) = self.policy().may_publish(origin, alert.category) {
+            return Err(self.refused(origin, Some(alert.id), denied).await);
+        }
         let kind = match self.inner.config.outbox {
             Some(limits) => AppendKind::Outbox(limits),
             None => AppendKind::Log,
@@ -194,8 +218,14 @@ impl Broker {
     /// [`BrokerError::NotFound`] both when it does not exist and when the
     /// viewer is not entitled, so that existence does not leak.
     pub fn get(&self, viewer: &NodeId, id: &AlertId) -> Result<Arc<Record>, BrokerError> {
+        let policy = self.policy();
         match self.inner.store.get_by_id(id)? {
-            Some(r) if entitled(&r.alert, viewer) => Ok(r),
+            Some(r)
+                if policy.entitled(&r.alert, viewer)
+                    && (r.alert.origin == *viewer || policy.may_subscribe(viewer).is_ok()) =>
+            {
+                Ok(r)
+            }
             _ => Err(BrokerError::NotFound),
         }
     }
@@ -204,8 +234,13 @@ impl Broker {
     /// first.
     ///
     /// # Errors
-    /// Storage errors.
-    pub fn list(&self, viewer: &NodeId, query: &ListQuery) -> Result<Page, BrokerError> {
+    /// [`BrokerError::Denied`] when the policy does not let the viewer read
+    /// history; storage errors.
+    pub async fn list(&self, viewer: &NodeId, query: &ListQuery) -> Result<Page, BrokerError> {
+        let policy = self.policy();
+        if let Err(denied) = policy.may_subscribe(viewer) {
+            return Err(self.refused(viewer, None, denied).await);
+        }
         let store = &self.inner.store;
         let mut from = match query.since {
             Some(t) => store.seq_at_time(t)?,
@@ -233,7 +268,7 @@ impl Broker {
                     page.next = None;
                     return Ok(page);
                 }
-                if query.filter.matches(&r.alert) && entitled(&r.alert, viewer) {
+                if query.filter.matches(&r.alert) && policy.entitled(&r.alert, viewer) {
                     bytes += prost::Message::encoded_len(&r.alert.body);
                     page.records.push(r.clone());
                 }
@@ -263,6 +298,9 @@ impl Broker {
     ) -> Result<FeedHandle, BrokerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
+        }
+        if let Err(denied) = self.policy().may_subscribe(&owner) {
+            return Err(self.refused(&owner, None, denied).await);
         }
         feed::open(self, owner, spec).await
     }

@@ -8,6 +8,7 @@ mod client_cmds;
 mod conn;
 pub mod json;
 mod serve;
+mod sharing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,17 @@ pub enum Command {
     Get(GetArgs),
     /// List stored alerts by filter and time range.
     History(HistoryArgs),
+    /// Acknowledge an alert as an officer (a receipt for the originator).
+    Ack(sharing::AckArgs),
+    /// The receipts of one of your agency's alerts: who received and who
+    /// acknowledged it.
+    Receipts(sharing::ReceiptsArgs),
+    /// Sharing policy files.
+    #[command(subcommand)]
+    Policy(sharing::PolicyCommand),
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(sharing::AuditCommand),
     /// Measure publish throughput and latency against a broker.
     Bench(BenchArgs),
 }
@@ -110,6 +122,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => client_cmds::get(args).await,
         Command::History(args) => client_cmds::history(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Ack(args) => sharing::ack(args).await,
+        Command::Receipts(args) => sharing::receipts(args).await,
+        Command::Policy(cmd) => sharing::policy(cmd),
+        Command::Audit(cmd) => sharing::audit(cmd).await,
     }
 }
 

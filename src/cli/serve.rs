@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Remove the oldest alerts while the log is larger than this many bytes (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub retain_bytes: u64,
+    /// Sharing policy file (TOML; see policy.example.toml). Without it the
+    /// broker runs open, for development. Reloaded on change and on SIGHUP.
+    #[arg(long, env = "LIAISON_POLICY")]
+    pub policy: Option<PathBuf>,
     /// How long open streams get to close on shutdown.
     #[arg(long, default_value = "10s")]
     pub shutdown_grace: String,
@@ -97,6 +101,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         ..Retention::default()
     };
     config.shutdown_grace = parse_duration(&args.shutdown_grace)?;
+    config.policy_file = args.policy.clone();
     if !args.data.exists() {
         warn!(data = %args.data.display(), "no data directory: creating a new, empty store");
     }

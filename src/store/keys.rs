@@ -9,6 +9,8 @@
 //! | `i` id:[u8;16] | seq:u64, received_at_us:u64 |
 //! | `t` received_at_us:u64 seq:u64 | empty |
 //! | `o` class:u8 seq:u64 | encoded size:u64 — the agent's outbox (class 0 = priority, 1 = routine) |
+//! | `z` seq:u64 | audit record (hash-chained) |
+//! | `r` id:[u8;16] kind:u8 recipient-urn 0x00 feed | receipt (time, note) |
 //! | `m` name | meta value (`next_seq`, `bytes`, outbox and counters: u64) |
 //!
 //! Tree `feeds` (durable feed state): key `owner-urn 0x00 feed-name`, value
@@ -20,6 +22,8 @@ pub const ALERT: u8 = b'a';
 pub const ID: u8 = b'i';
 pub const TIME: u8 = b't';
 pub const OUTBOX: u8 = b'o';
+pub const AUDIT: u8 = b'z';
+pub const RECEIPT: u8 = b'r';
 pub const META_NEXT_SEQ: &[u8] = b"mnext_seq";
 pub const META_BYTES: &[u8] = b"mbytes";
 pub const META_OUTBOX_COUNT: &[u8] = b"moutbox_count";
@@ -28,6 +32,39 @@ pub const META_FORWARDED: &[u8] = b"mforwarded";
 pub const META_EXPIRED: &[u8] = b"mexpired";
 pub const META_REJECTED: &[u8] = b"mrejected";
 pub const META_INBOX: &[u8] = b"minbox";
+
+pub fn audit(seq: u64) -> [u8; 9] {
+    let mut k = [AUDIT; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of every receipt of one alert.
+pub fn receipts_of(id: &AlertId) -> [u8; 17] {
+    let mut k = [RECEIPT; 17];
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+pub fn receipt(id: &AlertId, kind: u8, recipient: &str, feed: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19 + recipient.len() + feed.len());
+    k.extend_from_slice(&receipts_of(id));
+    k.push(kind);
+    k.extend_from_slice(recipient.as_bytes());
+    k.push(0);
+    k.extend_from_slice(feed.as_bytes());
+    k
+}
+
+/// (kind, recipient, feed) of a receipt key.
+pub fn parse_receipt(key: &[u8]) -> Option<(u8, &str, &str)> {
+    let rest = key.get(17..)?;
+    let (kind, rest) = rest.split_first()?;
+    let split = rest.iter().position(|b| *b == 0)?;
+    let recipient = std::str::from_utf8(&rest[..split]).ok()?;
+    let feed = std::str::from_utf8(&rest[split + 1..]).ok()?;
+    Some((*kind, recipient, feed))
+}
 
 pub fn outbox(class: u8, seq: Seq) -> [u8; 10] {
     let mut k = [OUTBOX; 10];
@@ -139,6 +176,15 @@ mod tests {
             Some((Seq(42), 1_700_000_000_000_000))
         );
         assert_eq!(parse_id_value(b"short"), None);
+    }
+
+    #[test]
+    fn receipt_keys_round_trip_and_group_by_alert() {
+        let id = AlertId(uuid::Uuid::from_u128(7));
+        let key = receipt(&id, 2, "urn:liaison:AF:x:y", "main");
+        assert!(key.starts_with(&receipts_of(&id)));
+        assert_eq!(parse_receipt(&key), Some((2, "urn:liaison:AF:x:y", "main")));
+        assert!(audit(9) < audit(10));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! Readers learn about new records through a `watch` of the head sequence:
 //! the channel only wakes, the data is always read from the store.
 
+mod journal;
 mod keys;
 mod outbox;
 mod recent;
@@ -116,6 +117,8 @@ struct Inner {
     head: watch::Receiver<Seq>,
     /// The counters as of the last commit; the writer holds the sender.
     meta: watch::Receiver<Meta>,
+    /// Count of committed receipts; the writer holds the sender.
+    receipts: watch::Receiver<u64>,
     /// Newest committed records. A std mutex: critical sections are a few
     /// pointer copies and never cross an `.await`.
     recent: Arc<Mutex<Recent>>,
@@ -141,6 +144,8 @@ impl Store {
         let state = writer::State::load(&log)?;
         let (head_tx, head) = watch::channel(state.head());
         let (meta_tx, meta) = watch::channel(state.meta());
+        let (receipts_tx, receipts) = watch::channel(0);
+        let chain = journal::Chain::load(&log)?;
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
         let w = writer::Writer {
@@ -153,6 +158,8 @@ impl Store {
             state,
             max_batch: config.max_batch,
             failed: None,
+            chain,
+            receipts: receipts_tx,
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())
@@ -166,6 +173,7 @@ impl Store {
                 writer: tx,
                 head,
                 meta,
+                receipts,
                 recent,
                 writer_thread: Mutex::new(Some(thread)),
             }),

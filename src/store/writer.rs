@@ -15,10 +15,13 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
+use super::journal::{self, Chain};
 use super::outbox::{self, OutboxLimits, Outcome};
 use super::recent::Recent;
 use super::{StoreError, corrupt, decode_record, keys};
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::receipt::Receipt;
 
 /// The answer to an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,14 @@ pub enum Command {
     OutboxDone {
         seqs: Vec<Seq>,
         outcome: Outcome,
+        reply: Reply<()>,
+    },
+    /// Append an audit record; nobody waits for it.
+    Audit {
+        event: AuditEvent,
+    },
+    Receipt {
+        receipt: Receipt,
         reply: Reply<()>,
     },
     Prune {
@@ -190,6 +201,10 @@ pub struct Writer {
     pub max_batch: usize,
     /// Set when a commit failed: every later command is refused.
     pub failed: Option<String>,
+    /// The head of the audit chain.
+    pub chain: Chain,
+    /// Bumped when receipts are committed; readers hold receivers.
+    pub receipts: watch::Sender<u64>,
 }
 
 /// Appends of one group, staged before the batch is applied.
@@ -204,6 +219,8 @@ pub(super) struct Staged {
     pub outbox: HashMap<Seq, (u8, u64)>,
     /// Outbox entries removed in this group.
     pub removed: HashSet<Seq>,
+    /// Receipt keys staged in this group.
+    pub receipts: HashSet<Vec<u8>>,
 }
 
 impl Staged {
@@ -242,6 +259,7 @@ impl Writer {
             ids: HashMap::new(),
             outbox: HashMap::new(),
             removed: HashSet::new(),
+            receipts: HashSet::new(),
         };
         let mut done = Vec::new();
         let mut flush_waiters = Vec::new();
@@ -272,6 +290,13 @@ impl Writer {
                     );
                     done.push((reply, result));
                 }
+                Command::Audit { event } => self.chain.stage(&mut staged, &event),
+                Command::Receipt { receipt, reply } => {
+                    let result =
+                        journal::stage_receipt(&self.log, &mut staged, &mut self.chain, &receipt)
+                            .map(drop);
+                    done.push((reply, result));
+                }
                 Command::Prune {
                     cutoff,
                     max_bytes,
@@ -289,6 +314,10 @@ impl Writer {
             .map_err(StoreError::from_sled);
         match result {
             Ok(()) => {
+                if !staged.receipts.is_empty() {
+                    self.receipts
+                        .send_modify(|n| *n += staged.receipts.len() as u64);
+                }
                 self.publish(staged.records, staged.replies);
                 for (reply, r) in done {
                     let _ = reply.send(r);
@@ -399,6 +428,15 @@ impl Writer {
             received_at: record.received_at,
             duplicate: false,
         };
+        self.chain.stage(
+            staged,
+            &AuditEvent::new(
+                AuditKind::Published,
+                record.alert.origin.to_string(),
+                Some(record.alert.id),
+                format!("seq {seq}"),
+            ),
+        );
         staged
             .ids
             .insert(record.alert.id, (appended, staged.records.len()));
@@ -517,9 +555,10 @@ fn refuse(group: Vec<Command>, reason: &str) -> bool {
     for cmd in group {
         match cmd {
             Command::Append { reply, .. } => drop(reply.send(Err(err()))),
-            Command::OutboxDone { reply, .. } | Command::Flush { reply } => {
-                drop(reply.send(Err(err())))
-            }
+            Command::OutboxDone { reply, .. }
+            | Command::Flush { reply }
+            | Command::Receipt { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Audit { .. } => {}
             Command::Prune { reply, .. } => drop(reply.send(Err(err()))),
             Command::Stop { done } => {
                 let _ = done.send(());

@@ -1,0 +1,225 @@
+//! `liaison policy check`, `liaison ack`, `liaison receipts` and
+//! `liaison audit verify|export`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::client_cmds::status_error;
+use super::conn::ConnArgs;
+use super::json::{hex, parse_time, time_json};
+use crate::alert::{micros, system_time};
+use crate::audit::{self, AuditRecord};
+use crate::proto as pb;
+use crate::store::{Store, StoreConfig};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file; every error is explained with its line.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AckArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The alert's id.
+    pub id: String,
+    /// A note for the originator.
+    #[arg(long, default_value = "")]
+    pub note: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiptsArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The alert's id.
+    pub id: String,
+    /// Keep following new receipts.
+    #[arg(long)]
+    pub follow: bool,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit trail; names the first broken record.
+    /// Run it on a stopped broker's data directory (or a copy of it).
+    Verify {
+        /// The broker's data directory.
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Write the audit trail as JSON lines (for oversight).
+    Export {
+        /// The broker's data directory (of a stopped broker, or a copy).
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+pub fn policy(cmd: PolicyCommand) -> Result<ExitCode> {
+    let PolicyCommand::Check { file } = cmd;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    match crate::policy::parse(&text) {
+        Ok(p) => {
+            println!(
+                "{}: valid ({} agreements)",
+                file.display(),
+                p.agreements().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}:{}: {}", file.display(), e.line, e.message);
+            }
+            eprintln!("{}: {} error(s); not valid", file.display(), errors.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn receipt_json(r: &pb::Receipt) -> serde_json::Value {
+    json!({
+        "alert_id": r.alert_id,
+        "kind": pb::ReceiptKind::try_from(r.kind).map(|k| k.as_str_name().trim_start_matches("RECEIPT_KIND_").to_ascii_lowercase()).unwrap_or_default(),
+        "recipient": r.recipient.as_ref().map(|o| o.urn.clone()),
+        "feed": r.feed,
+        "at": time_json(&r.at),
+        "note": r.note,
+    })
+}
+
+pub async fn ack(args: AckArgs) -> Result<ExitCode> {
+    let mut client = args.conn.connect().await?;
+    let receipt = client
+        .acknowledge(pb::AcknowledgeRequest {
+            id: args.id,
+            note: args.note,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", receipt_json(&receipt));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn receipts(args: ReceiptsArgs) -> Result<ExitCode> {
+    let mut client = args.conn.connect().await?;
+    let mut stream = client
+        .receipts(pb::ReceiptsRequest {
+            id: args.id,
+            follow: args.follow,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(r) = stream.message().await.map_err(status_error)? {
+        let v = receipt_json(&r);
+        if args.json {
+            println!("{v}");
+        } else {
+            let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+            let extra = if r.note.is_empty() {
+                s("feed")
+            } else {
+                format!("{:?}", r.note)
+            };
+            println!("{} {:<12} {} {}", s("at"), s("kind"), s("recipient"), extra);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_json(r: &AuditRecord) -> serde_json::Value {
+    json!({
+        "seq": r.seq,
+        "time": time_json(&Some(crate::alert::timestamp(r.time()))),
+        "kind": r.kind,
+        "actor": r.actor,
+        "alert_id": r.alert_id,
+        "detail": r.detail,
+        "prev_hash": hex(&r.prev_hash),
+        "hash": hex(&r.hash),
+    })
+}
+
+/// Every audit record of a store, in order.
+fn each_record(store: &Store, mut f: impl FnMut(AuditRecord) -> Result<()>) -> Result<()> {
+    let mut from = 1;
+    loop {
+        let chunk = store.audit_records(from, 4096)?;
+        let Some(last) = chunk.last() else {
+            return Ok(());
+        };
+        from = last.seq + 1;
+        for r in chunk {
+            f(r)?;
+        }
+    }
+}
+
+pub async fn audit(cmd: AuditCommand) -> Result<ExitCode> {
+    let data = match &cmd {
+        AuditCommand::Verify { data } | AuditCommand::Export { data, .. } => data.clone(),
+    };
+    if !data.exists() {
+        anyhow::bail!("{} does not exist", data.display());
+    }
+    let store = Store::open(&data, StoreConfig::default()).with_context(|| {
+        format!(
+            "opening {} (is a broker still running on it?)",
+            data.display()
+        )
+    })?;
+    let code = match cmd {
+        AuditCommand::Verify { .. } => {
+            let mut records = Vec::new();
+            each_record(&store, |r| {
+                records.push(r);
+                Ok(())
+            })?;
+            match audit::verify(records) {
+                Ok((n, head)) => {
+                    println!("audit trail intact: {n} records; head hash {}", hex(&head));
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => {
+                    eprintln!("{broken}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AuditCommand::Export { since, .. } => {
+            let since_us = since
+                .as_deref()
+                .map(|s| parse_time("--since", s))
+                .transpose()?
+                .and_then(|t| system_time(&t))
+                .map_or(0, micros);
+            each_record(&store, |r| {
+                if r.time_us >= since_us {
+                    println!("{}", audit_json(&r));
+                }
+                Ok(())
+            })?;
+            ExitCode::SUCCESS
+        }
+    };
+    store.close().await?;
+    Ok(code)
+}
