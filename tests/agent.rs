@@ -136,7 +136,7 @@ async fn an_alert_that_expired_in_the_queue_is_not_sent_but_counted() {
     let s = agent
         .wait_until("outbox drained", |s| s.outbox_depth == 0)
         .await;
-    assert_eq!((s.expired_total, s.forwarded_total), (1, 1));
+    assert_eq!((s.expired_total, s.forwarded_total), (1, 1), "{s:?}");
     let mut officer = broker.client(AF_OFFICE).await;
     assert_eq!(
         headlines(&broker_alerts(&mut officer).await),

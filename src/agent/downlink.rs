@@ -9,7 +9,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
 
 use super::link::{Backoff, Link, LinkConfig, Problem};
@@ -43,7 +43,7 @@ impl Default for InboxConfig {
 
 pub(super) async fn run(
     broker: Broker,
-    channel: Channel,
+    endpoint: Endpoint,
     link: Link,
     config: LinkConfig,
     inbox: InboxConfig,
@@ -51,8 +51,19 @@ pub(super) async fn run(
 ) {
     let mut backoff = Backoff::new(&config);
     loop {
-        let client = BrokerClient::new(channel.clone());
-        let problem = match session(&broker, client, &link, &inbox, &shutdown, &mut backoff).await {
+        // A fresh connection per session (see the uplink).
+        let client = BrokerClient::new(endpoint.connect_lazy());
+        let problem = match session(
+            &broker,
+            client,
+            &link,
+            &config,
+            &inbox,
+            &shutdown,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => return, // shutdown
             Err(p) => p,
         };
@@ -72,6 +83,7 @@ async fn session(
     broker: &Broker,
     mut client: BrokerClient<Channel>,
     link: &Link,
+    config: &LinkConfig,
     inbox: &InboxConfig,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -90,9 +102,15 @@ async fn session(
     })
     .await
     .map_err(|_| closed())?;
-    let mut stream = client
-        .subscribe(ReceiverStream::new(rx))
+    let open = client.subscribe(ReceiverStream::new(rx));
+    let mut stream = tokio::time::timeout(config.ack_timeout, open)
         .await
+        .map_err(|_| {
+            Problem::Down(format!(
+                "no answer from upstream within {:?} while connecting",
+                config.ack_timeout
+            ))
+        })?
         .map_err(|s| Problem::of(&s))?
         .into_inner();
     // Appends to the inbox in delivery order; each yields the upstream seq to
@@ -104,7 +122,7 @@ async fn session(
             Some((upstream_seq, stored)) = storing.next(), if !storing.is_empty() => {
                 match stored {
                     Ok(()) => {}
-                    Err(e) => return Err(Problem::Down(format!("cannot write the inbox: {e}"))),
+                    Err(e) => return Err(Problem::Local(format!("cannot write the inbox: {e}"))),
                 }
                 let ack = pb::SubscribeRequest {
                     request: Some(pb::subscribe_request::Request::Ack(pb::Ack { seqs: vec![upstream_seq] })),

@@ -48,6 +48,8 @@ pub enum Problem {
     Down(String),
     /// Our certificate (or the broker's) was refused: retrying fast will not help.
     Refused(String),
+    /// A problem at the agent itself (its store); says nothing about the link.
+    Local(String),
 }
 
 impl Problem {
@@ -61,7 +63,6 @@ impl Problem {
         // own verification of the broker: "invalid peer certificate".
         let lower = text.to_ascii_lowercase();
         let refused = status.code() == tonic::Code::Unauthenticated
-            || status.code() == tonic::Code::PermissionDenied
             || ["certificate", "unknownca", "accessdenied"]
                 .iter()
                 .any(|w| lower.contains(w));
@@ -138,11 +139,15 @@ impl Link {
 
     /// An attempt failed; logs the transition once.
     pub fn failed(&self, problem: &Problem) {
-        let mut s = self.lock();
         let (state, reason) = match problem {
             Problem::Down(r) => (LinkState::Down, r),
             Problem::Refused(r) => (LinkState::Refused, r),
+            Problem::Local(r) => {
+                warn!(reason = %r, "the agent cannot use its store; retrying");
+                return;
+            }
         };
+        let mut s = self.lock();
         s.last_error.clone_from(reason);
         if s.state != state {
             s.state = state;
@@ -185,7 +190,7 @@ impl Backoff {
     pub fn delay(&mut self, problem: &Problem) -> Duration {
         let base = match problem {
             Problem::Refused(_) => self.max,
-            Problem::Down(_) => self.next,
+            Problem::Down(_) | Problem::Local(_) => self.next,
         };
         self.next = (self.next * 2).min(self.max);
         let half = base / 2;

@@ -136,8 +136,7 @@ pub async fn run(
     let upstream = client::endpoint(&config.upstream, Some(&config.tls))?
         .http2_keep_alive_interval(config.link.keepalive_interval)
         .keep_alive_timeout(config.link.keepalive_timeout)
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
     config.broker.outbox = Some(config.outbox);
     let store = Store::open(&config.data_dir, config.store.clone()).map_err(|source| {
         AgentError::Store {

@@ -6,13 +6,14 @@
 //! sent but unacknowledged — is recognised upstream as a duplicate.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::Endpoint;
 use tracing::{debug, error, warn};
 
 use super::link::{Backoff, Link, LinkConfig, Problem};
@@ -21,22 +22,28 @@ use crate::proto as pb;
 use crate::proto::broker_client::BrokerClient;
 use crate::store::{Outcome, Store, StoreError};
 
-/// Codes meaning "this alert will never be accepted": retrying is useless.
-fn permanent(code: i32) -> bool {
+/// How often a waiting uplink looks for expired alerts.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Whether an error answer means "this alert will never be accepted", so
+/// retrying it would block the queue forever. A `sent` time in the broker's
+/// future is the exception: it is accepted once the clocks agree.
+fn permanent(e: &pb::PublishError) -> bool {
     use tonic::Code;
-    [
+    let final_codes = [
         Code::InvalidArgument,
         Code::PermissionDenied,
         Code::FailedPrecondition,
         Code::OutOfRange,
-    ]
-    .iter()
-    .any(|c| *c as i32 == code)
+        Code::AlreadyExists,
+    ];
+    final_codes.iter().any(|c| *c as i32 == e.code)
+        && !e.message.starts_with("alert.sent: lies more than")
 }
 
 pub(super) async fn run(
     store: Store,
-    channel: Channel,
+    endpoint: Endpoint,
     link: Link,
     config: LinkConfig,
     shutdown: CancellationToken,
@@ -58,17 +65,17 @@ pub(super) async fn run(
             }
             continue;
         }
-        let client = BrokerClient::new(channel.clone());
-        match session(&store, client, &link, &config, &shutdown, &mut backoff).await {
-            Ok(()) => {}
-            Err(problem) => {
-                link.failed(&problem);
-                let delay = backoff.delay(&problem);
-                debug!(?delay, "uplink retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
+        // A fresh connection per session: a handshake that hangs on a broken
+        // path is dropped with its session instead of blocking every retry.
+        let client = BrokerClient::new(endpoint.connect_lazy());
+        if let Err(problem) = session(&store, client, &link, &config, &shutdown, &mut backoff).await
+        {
+            link.failed(&problem);
+            let delay = backoff.delay(&problem);
+            debug!(?delay, "uplink retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
             }
         }
         if shutdown.is_cancelled() {
@@ -76,9 +83,6 @@ pub(super) async fn run(
         }
     }
 }
-
-/// How often a waiting uplink looks for expired alerts.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Removes queued alerts whose `expires` has passed (counted as expired).
 async fn sweep_expired(store: &Store) -> Result<(), StoreError> {
@@ -98,38 +102,52 @@ async fn sweep_expired(store: &Store) -> Result<(), StoreError> {
     store.outbox_done(expired, Outcome::Expired).await
 }
 
-fn store_problem(e: StoreError) -> Problem {
-    Problem::Down(format!("local store: {e}"))
+fn local(e: StoreError) -> Problem {
+    Problem::Local(format!("the agent's store: {e}"))
+}
+
+/// Alerts sent and not yet answered, oldest first, with their send time.
+struct InFlight {
+    queue: VecDeque<(Seq, Instant)>,
+    seqs: HashSet<Seq>,
 }
 
 /// One PublishStream: sends queued alerts (at most `window` unacknowledged),
 /// processes acknowledgements in order, and ends when the outbox is empty.
 async fn session(
     store: &Store,
-    mut client: BrokerClient<Channel>,
+    mut client: BrokerClient<tonic::transport::Channel>,
     link: &Link,
     config: &LinkConfig,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), Problem> {
     let (tx, rx) = mpsc::channel(config.window);
-    let mut responses = client
-        .publish_stream(ReceiverStream::new(rx))
+    let open = client.publish_stream(ReceiverStream::new(rx));
+    let mut responses = tokio::time::timeout(config.ack_timeout, open)
         .await
+        .map_err(|_| {
+            Problem::Down(format!(
+                "no answer from upstream within {:?} while connecting",
+                config.ack_timeout
+            ))
+        })?
         .map_err(|s| Problem::of(&s))?
         .into_inner();
     let mut meta = store.watch_meta();
-    let mut in_flight: VecDeque<Seq> = VecDeque::new();
-    let mut sent: HashSet<Seq> = HashSet::new();
+    let mut in_flight = InFlight {
+        queue: VecDeque::new(),
+        seqs: HashSet::new(),
+    };
     loop {
-        let room = config.window - in_flight.len();
-        let mut queued_more = false;
+        let room = config.window - in_flight.queue.len();
+        let mut found = false;
         if room > 0 {
-            let batch = store.outbox_peek(&sent, room).map_err(store_problem)?;
+            let batch = store.outbox_peek(&in_flight.seqs, room).map_err(local)?;
             let now = SystemTime::now();
             let mut expired = Vec::new();
             for record in batch {
-                queued_more = true;
+                found = true;
                 if record.alert.expired_at(now) {
                     warn!(id = %record.alert.id, seq = record.seq.0, "alert expired before it could be forwarded; not sent");
                     expired.push(record.seq);
@@ -141,36 +159,39 @@ async fn session(
                 tx.send(req)
                     .await
                     .map_err(|_| Problem::Down("upstream closed the publish stream".into()))?;
-                in_flight.push_back(record.seq);
-                sent.insert(record.seq);
+                in_flight.queue.push_back((record.seq, Instant::now()));
+                in_flight.seqs.insert(record.seq);
             }
             if !expired.is_empty() {
                 store
                     .outbox_done(expired, Outcome::Expired)
                     .await
-                    .map_err(store_problem)?;
+                    .map_err(local)?;
             }
         }
-        if in_flight.is_empty() {
-            if queued_more {
+        let Some(&(_, oldest_sent)) = in_flight.queue.front() else {
+            if found {
                 continue; // everything in that batch had expired; look again
             }
             return Ok(()); // drained: close the stream
-        }
+        };
+        // The deadline runs from the oldest unanswered send, so wake-ups for
+        // other reasons do not extend it.
+        let deadline = oldest_sent + config.ack_timeout;
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            changed = meta.changed(), if in_flight.len() < config.window => {
+            changed = meta.changed(), if in_flight.queue.len() < config.window => {
                 if changed.is_err() {
                     return Ok(());
                 }
             }
-            first = tokio::time::timeout(config.ack_timeout, responses.message()) => {
-                let first = match first {
-                    Err(_) => return Err(Problem::Down(format!(
-                        "no acknowledgement from upstream within {:?}: link stalled", config.ack_timeout
-                    ))),
-                    Ok(r) => r.map_err(|s| Problem::of(&s))?,
-                };
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(Problem::Down(format!(
+                    "no acknowledgement from upstream within {:?}: link stalled", config.ack_timeout
+                )));
+            }
+            first = responses.message() => {
+                let first = first.map_err(|s| Problem::of(&s))?;
                 let mut answers = vec![first.ok_or_else(|| Problem::Down("upstream ended the publish stream".into()))?];
                 // Take every answer already there, so one commit covers them.
                 while answers.len() < config.window {
@@ -180,32 +201,33 @@ async fn session(
                     }
                 }
                 link.contact();
-                backoff.reset();
-                settle(store, answers, &mut in_flight, &mut sent).await?;
+                if settle(store, answers, &mut in_flight).await? {
+                    backoff.reset();
+                }
             }
         }
     }
 }
 
 /// Applies answers to the in-flight queue (answers come in send order).
+/// True when at least one alert left the outbox (real progress).
 async fn settle(
     store: &Store,
     answers: Vec<pb::PublishStreamResponse>,
-    in_flight: &mut VecDeque<Seq>,
-    sent: &mut HashSet<Seq>,
-) -> Result<(), Problem> {
+    in_flight: &mut InFlight,
+) -> Result<bool, Problem> {
     let mut forwarded = Vec::new();
     let mut rejected = Vec::new();
     let mut transient = None;
     for answer in answers {
-        let Some(seq) = in_flight.pop_front() else {
+        let Some((seq, _)) = in_flight.queue.pop_front() else {
             return Err(Problem::Down(
                 "upstream answered more alerts than were sent".into(),
             ));
         };
         match answer.result {
             Some(pb::publish_stream_response::Result::Ack(_)) => forwarded.push(seq),
-            Some(pb::publish_stream_response::Result::Error(e)) if permanent(e.code) => {
+            Some(pb::publish_stream_response::Result::Error(e)) if permanent(&e) => {
                 error!(id = %e.id, seq = seq.0, reason = %e.message, "upstream refused the alert for good; it is not retried");
                 rejected.push(seq);
             }
@@ -227,16 +249,19 @@ async fn settle(
         store
             .outbox_done(forwarded, Outcome::Forwarded)
             .await
-            .map_err(store_problem)?;
+            .map_err(local)?;
     }
     if !rejected.is_empty() {
         store
             .outbox_done(rejected, Outcome::Rejected)
             .await
-            .map_err(store_problem)?;
+            .map_err(local)?;
     }
-    for seq in done {
-        sent.remove(&seq);
+    for seq in &done {
+        in_flight.seqs.remove(seq);
     }
-    transient.map_or(Ok(()), Err)
+    match transient {
+        Some(problem) => Err(problem),
+        None => Ok(!done.is_empty()),
+    }
 }

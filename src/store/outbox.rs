@@ -86,11 +86,7 @@ pub(super) fn enqueue(
         ROUTINE
     };
     if class == PRIORITY {
-        for reference in &record.alert.body.references {
-            if let Ok(id) = reference.parse::<AlertId>() {
-                promote(log, staged, &id)?;
-            }
-        }
+        promote_references(log, staged, &record.alert.body.references)?;
     }
     staged
         .batch
@@ -103,7 +99,40 @@ pub(super) fn enqueue(
 
 /// Moves the routine entry of alert `id`, if it is still queued, to the
 /// priority class (keeping its sequence, so its order is kept).
-fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<(), StoreError> {
+fn promote_references(
+    log: &sled::Tree,
+    staged: &mut Staged,
+    references: &[String],
+) -> Result<(), StoreError> {
+    let mut pending: Vec<AlertId> = references.iter().filter_map(|r| r.parse().ok()).collect();
+    let mut seen = HashSet::new();
+    while let Some(id) = pending.pop() {
+        if seen.len() >= 1024 || !seen.insert(id) {
+            continue;
+        }
+        if let Some(seq) = promote(log, staged, &id)? {
+            // Follow the chain through the promoted alert's own references.
+            let refs = match staged.record_refs(seq) {
+                Some(refs) => refs,
+                None => match log.get(keys::alert(seq))? {
+                    Some(bytes) => super::decode_record(seq, &bytes)?
+                        .alert
+                        .body
+                        .references
+                        .clone(),
+                    None => Vec::new(),
+                },
+            };
+            pending.extend(refs.iter().filter_map(|r| r.parse::<AlertId>().ok()));
+        }
+    }
+    Ok(())
+}
+
+/// Moves the routine entry of alert `id`, if it is still queued, to the
+/// priority class (keeping its sequence, so its order is kept). Returns its
+/// sequence when it was moved.
+fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<Option<Seq>, StoreError> {
     let seq = match staged.seq_of(id) {
         Some(seq) => seq,
         None => match log.get(keys::id(id))? {
@@ -112,7 +141,7 @@ fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<(), St
                     .ok_or_else(|| corrupt("id index", id))?
                     .0
             }
-            None => return Ok(()),
+            None => return Ok(None),
         },
     };
     let size = match staged.outbox.get(&seq) {
@@ -123,14 +152,15 @@ fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<(), St
             .and_then(|v| keys::u64_value(&v))
             .filter(|_| !staged.removed.contains(&seq)),
     };
-    if let Some(size) = size {
-        staged.batch.remove(&keys::outbox(ROUTINE, seq));
-        staged
-            .batch
-            .insert(&keys::outbox(PRIORITY, seq), &size.to_be_bytes());
-        staged.outbox.insert(seq, (PRIORITY, size));
-    }
-    Ok(())
+    let Some(size) = size else {
+        return Ok(None);
+    };
+    staged.batch.remove(&keys::outbox(ROUTINE, seq));
+    staged
+        .batch
+        .insert(&keys::outbox(PRIORITY, seq), &size.to_be_bytes());
+    staged.outbox.insert(seq, (PRIORITY, size));
+    Ok(Some(seq))
 }
 
 /// Removes entries that left the outbox and counts how (writer thread).
@@ -146,16 +176,15 @@ pub(super) fn finish(
         if staged.removed.contains(seq) {
             continue;
         }
-        let entry = match staged.outbox.get(seq) {
-            Some(&(class, size)) => Some((class, size)),
-            None => CLASSES.iter().find_map(|class| {
-                log.get(keys::outbox(*class, *seq))
-                    .ok()
-                    .flatten()
+        let mut entry = staged.outbox.get(seq).copied();
+        for class in CLASSES {
+            if entry.is_none() {
+                entry = log
+                    .get(keys::outbox(class, *seq))?
                     .and_then(|v| keys::u64_value(&v))
-                    .map(|size| (*class, size))
-            }),
-        };
+                    .map(|size| (class, size));
+            }
+        }
         let Some((class, size)) = entry else {
             continue;
         };

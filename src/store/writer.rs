@@ -228,6 +228,14 @@ impl Staged {
     pub fn seq_of(&self, id: &AlertId) -> Option<Seq> {
         self.ids.get(id).map(|(a, _)| a.seq)
     }
+
+    /// The references of an alert staged in this group.
+    pub fn record_refs(&self, seq: Seq) -> Option<Vec<String>> {
+        self.records
+            .iter()
+            .find(|(r, _)| r.seq == seq)
+            .map(|(r, _)| r.alert.body.references.clone())
+    }
 }
 
 impl Writer {
@@ -314,6 +322,9 @@ impl Writer {
             .map_err(StoreError::from_sled);
         match result {
             Ok(()) => {
+                // Counters first: whoever is answered next and asks for the
+                // status must see its own write.
+                self.publish_meta();
                 if !staged.receipts.is_empty() {
                     self.receipts
                         .send_modify(|n| *n += staged.receipts.len() as u64);
@@ -345,11 +356,7 @@ impl Writer {
         for reply in flush_waiters {
             let _ = reply.send(self.db.flush().map(drop).map_err(StoreError::from_sled));
         }
-        self.meta.send_if_modified(|m| {
-            let changed = *m != self.state.meta;
-            *m = self.state.meta;
-            changed
-        });
+        self.publish_meta();
         match stop {
             Some(done) => {
                 let _ = done.send(());
@@ -442,6 +449,15 @@ impl Writer {
             .insert(record.alert.id, (appended, staged.records.len()));
         staged.records.push((Arc::new(record), size as usize));
         Ok(appended)
+    }
+
+    /// Makes the counters visible to readers (`Store::meta`).
+    fn publish_meta(&self) {
+        self.meta.send_if_modified(|m| {
+            let changed = *m != self.state.meta;
+            *m = self.state.meta;
+            changed
+        });
     }
 
     /// Makes a committed group visible: cache, head, then the callers.

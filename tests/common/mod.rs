@@ -311,6 +311,13 @@ pub struct ServeProcess {
     pub url: String,
 }
 
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl ServeProcess {
     pub fn start(certs: &Path, data: &Path) -> ServeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
@@ -411,18 +418,25 @@ impl TestAgent {
     }
 
     pub async fn status(&self) -> pb::AgentStatusResponse {
-        let channel = client::endpoint(&self.url(), None)
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        pb::agent_client::AgentClient::new(channel)
-            .status(pb::AgentStatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
+        agent_status(&self.url()).await
     }
+}
 
+/// The status of the agent listening at `url`.
+pub async fn agent_status(url: &str) -> pb::AgentStatusResponse {
+    let channel = client::endpoint(url, None)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    pb::agent_client::AgentClient::new(channel)
+        .status(pb::AgentStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+impl TestAgent {
     /// Polls the status until `pred` holds (bounded by [`PATIENCE`]).
     pub async fn wait_until(
         &self,
@@ -509,4 +523,89 @@ pub fn headlines(records: &[pb::AlertRecord]) -> Vec<String> {
         .iter()
         .map(|r| r.alert.as_ref().expect("alert").headline.clone())
         .collect()
+}
+
+/// Publishes many alerts over one PublishStream; every one must be acknowledged.
+pub async fn publish_many(client: &mut Client, alerts: Vec<pb::Alert>) -> Vec<pb::PublishResponse> {
+    use tokio_stream::StreamExt;
+    let n = alerts.len();
+    let requests = tokio_stream::iter(
+        alerts
+            .into_iter()
+            .map(|a| pb::PublishRequest { alert: Some(a) }),
+    );
+    let mut answers = client
+        .publish_stream(requests)
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut acks = Vec::with_capacity(n);
+    while let Some(answer) = answers.next().await {
+        match answer.expect("answer").result {
+            Some(pb::publish_stream_response::Result::Ack(ack)) => acks.push(ack),
+            other => panic!("alert refused: {other:?}"),
+        }
+    }
+    assert_eq!(acks.len(), n);
+    acks
+}
+
+/// A `liaison agent` child process (for SIGKILL tests).
+pub struct AgentProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl AgentProcess {
+    /// Starts `liaison agent` with the node certificate `name` in `certs`.
+    pub fn start(upstream: &str, certs: &Path, name: &str, data: &Path) -> AgentProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-backoff",
+                "500ms",
+                "--keepalive",
+                "1s",
+            ])
+            .args(["--upstream", upstream, "--name", name])
+            .arg("--certs")
+            .arg(certs)
+            .arg("--data")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn liaison agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("readiness line");
+        let url = line
+            .trim()
+            .strip_prefix("liaison agent: listening on ")
+            .unwrap_or_else(|| panic!("unexpected readiness line: {line:?}"))
+            .to_owned();
+        AgentProcess { child, url }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The file name `Pki::node` gives a node's certificate.
+pub fn cert_name(urn: &str) -> String {
+    urn.replace(':', "_")
 }

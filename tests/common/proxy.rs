@@ -1,6 +1,7 @@
-//! A TCP proxy for flaky-link tests: passes bytes, cuts every connection
-//! (and refuses new ones), or stalls (sockets stay open, bytes stop), on
-//! command.
+//! A TCP proxy for flaky-link tests, on command: passes bytes; cuts every
+//! connection (and refuses new ones); stalls (sockets stay open, bytes are
+//! held); black-holes (sockets stay open, bytes vanish); or flaps between
+//! passing and cutting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub enum Mode {
     Pass,
     Cut,
     Stall,
+    BlackHole,
 }
 
 pub struct FlakyProxy {
@@ -24,6 +26,8 @@ pub struct FlakyProxy {
     upstream_bytes: Arc<AtomicU64>,
     /// Cut once `upstream_bytes` reaches this (u64::MAX: never).
     cut_at: Arc<AtomicU64>,
+    /// Where connections go; a restarted broker has a new port.
+    target: Arc<std::sync::Mutex<SocketAddr>>,
 }
 
 impl FlakyProxy {
@@ -34,13 +38,20 @@ impl FlakyProxy {
         let mode = Arc::new(tx);
         let upstream_bytes = Arc::new(AtomicU64::new(0));
         let cut_at = Arc::new(AtomicU64::new(u64::MAX));
-        let (m, bytes, cut) = (mode.clone(), upstream_bytes.clone(), cut_at.clone());
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let (m, bytes, cut, to) = (
+            mode.clone(),
+            upstream_bytes.clone(),
+            cut_at.clone(),
+            target.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *m.borrow() == Mode::Cut {
                     drop(client);
                     continue;
                 }
+                let target = *to.lock().expect("lock");
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -55,7 +66,30 @@ impl FlakyProxy {
             mode,
             upstream_bytes,
             cut_at,
+            target,
         }
+    }
+
+    /// Sends new connections to another address.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().expect("lock") = target;
+    }
+
+    /// Alternates between passing and cutting every `period`, until `stop`
+    /// is cancelled; then passes.
+    pub fn flap(&self, period: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        let mode = self.mode.clone();
+        tokio::spawn(async move {
+            let mut up = false;
+            loop {
+                mode.send_replace(if up { Mode::Pass } else { Mode::Cut });
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(period) => up = !up,
+                }
+            }
+            mode.send_replace(Mode::Pass);
+        });
     }
 
     pub fn url(&self) -> String {
@@ -108,8 +142,10 @@ async fn pump(
         let Ok(mode_now) = rx.wait_for(|m| *m != Mode::Stall).await.map(|m| *m) else {
             return;
         };
-        if mode_now == Mode::Cut {
-            return;
+        match mode_now {
+            Mode::Cut => return,
+            Mode::BlackHole => continue, // the bytes vanish
+            Mode::Pass | Mode::Stall => {}
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
