@@ -9,7 +9,9 @@
 //! | [`pki`] | the development PKI behind `liaison certs` |
 //! | [`tls`] | rustls server config and the accept loop that attaches a [`tls::Peer`] to each connection |
 //! | [`alert`] | the validated alert, its id and sequence types, validation rules |
-//! | [`filter`], [`marking`] | what a feed wants, and what a node may ever see |
+//! | [`filter`], [`marking`] | what a feed wants, and what the markings let a node see |
+//! | [`policy`] | the sharing policy file: roles, publish rights, bilateral agreements |
+//! | [`receipt`], [`audit`] | delivered/acknowledged receipts; the hash-chained audit trail |
 //! | [`store`] | sled: the log, its indexes, feed cursors; group commit (only module touching sled) |
 //! | [`broker`] | the core: publish, history, feeds with at-least-once delivery, retention |
 //! | [`grpc`] | the thin tonic adapter: identity from the connection, protobuf ⇄ core, errors ⇄ status |
