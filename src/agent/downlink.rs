@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
 
-use super::link::{Backoff, Link, LinkConfig, Problem};
+use super::link::{self, Backoff, Link, LinkConfig, Problem};
 use crate::alert::Alert;
 use crate::broker::{Broker, BrokerError};
 use crate::proto as pb;
@@ -102,17 +102,7 @@ async fn session(
     })
     .await
     .map_err(|_| closed())?;
-    let open = client.subscribe(ReceiverStream::new(rx));
-    let mut stream = tokio::time::timeout(config.ack_timeout, open)
-        .await
-        .map_err(|_| {
-            Problem::Down(format!(
-                "no answer from upstream within {:?} while connecting",
-                config.ack_timeout
-            ))
-        })?
-        .map_err(|s| Problem::of(&s))?
-        .into_inner();
+    let mut stream = link::open(config, client.subscribe(ReceiverStream::new(rx))).await?;
     // Appends to the inbox in delivery order; each yields the upstream seq to
     // acknowledge once it is on disk here.
     let mut storing: FuturesOrdered<Stored> = FuturesOrdered::new();

@@ -74,6 +74,27 @@ impl Problem {
     }
 }
 
+/// Opens a stream to the upstream broker, bounded by `ack_timeout`: a
+/// handshake that hangs on a broken path must not wedge the link.
+///
+/// # Errors
+/// The problem, classified.
+pub async fn open<T>(
+    config: &LinkConfig,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Problem> {
+    tokio::time::timeout(config.ack_timeout, call)
+        .await
+        .map_err(|_| {
+            Problem::Down(format!(
+                "no answer from upstream within {:?} while connecting",
+                config.ack_timeout
+            ))
+        })?
+        .map(tonic::Response::into_inner)
+        .map_err(|s| Problem::of(&s))
+}
+
 /// The status message with its whole source chain (rustls' alert is deep).
 pub fn chain(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{debug, error, warn};
 
-use super::link::{Backoff, Link, LinkConfig, Problem};
+use super::link::{self, Backoff, Link, LinkConfig, Problem};
 use crate::alert::Seq;
 use crate::proto as pb;
 use crate::proto::broker_client::BrokerClient;
@@ -123,17 +123,7 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), Problem> {
     let (tx, rx) = mpsc::channel(config.window);
-    let open = client.publish_stream(ReceiverStream::new(rx));
-    let mut responses = tokio::time::timeout(config.ack_timeout, open)
-        .await
-        .map_err(|_| {
-            Problem::Down(format!(
-                "no answer from upstream within {:?} while connecting",
-                config.ack_timeout
-            ))
-        })?
-        .map_err(|s| Problem::of(&s))?
-        .into_inner();
+    let mut responses = link::open(config, client.publish_stream(ReceiverStream::new(rx))).await?;
     let mut meta = store.watch_meta();
     let mut in_flight = InFlight {
         queue: VecDeque::new(),

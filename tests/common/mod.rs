@@ -320,27 +320,13 @@ impl Drop for ServeProcess {
 
 impl ServeProcess {
     pub fn start(certs: &Path, data: &Path) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--retain", "0"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--retain", "0"])
             .arg("--certs")
             .arg(certs)
             .arg("--data")
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn liaison serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("readiness line");
-        let url = line
-            .trim()
-            .strip_prefix("liaison: listening on ")
-            .unwrap_or_else(|| panic!("unexpected readiness line: {line:?}"))
-            .to_owned();
+            .arg(data);
+        let (child, url) = spawn_until_ready(cmd, "liaison: listening on ");
         ServeProcess { child, url }
     }
 
@@ -559,36 +545,22 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `liaison agent` with the node certificate `name` in `certs`.
     pub fn start(upstream: &str, certs: &Path, name: &str, data: &Path) -> AgentProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
-            .args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-backoff",
-                "500ms",
-                "--keepalive",
-                "1s",
-            ])
-            .args(["--upstream", upstream, "--name", name])
-            .arg("--certs")
-            .arg(certs)
-            .arg("--data")
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn liaison agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("readiness line");
-        let url = line
-            .trim()
-            .strip_prefix("liaison agent: listening on ")
-            .unwrap_or_else(|| panic!("unexpected readiness line: {line:?}"))
-            .to_owned();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
+        cmd.args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-backoff",
+            "500ms",
+            "--keepalive",
+            "1s",
+        ])
+        .args(["--upstream", upstream, "--name", name])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--data")
+        .arg(data);
+        let (child, url) = spawn_until_ready(cmd, "liaison agent: listening on ");
         AgentProcess { child, url }
     }
 
@@ -608,4 +580,26 @@ impl Drop for AgentProcess {
 /// The file name `Pki::node` gives a node's certificate.
 pub fn cert_name(urn: &str) -> String {
     urn.replace(':', "_")
+}
+
+/// Spawns a `liaison` process and waits for its readiness line on standard
+/// output (`<prefix><url>`); returns the child and the URL.
+fn spawn_until_ready(mut cmd: Command, prefix: &str) -> (Child, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn liaison");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("readiness line");
+    let url = line
+        .trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("unexpected readiness line: {line:?}"))
+        .to_owned();
+    (child, url)
 }
