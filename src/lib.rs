@@ -33,6 +33,7 @@
 //! [`marking`] rules for its owner, and delivers them; the subscriber's acks
 //! move the feed's persisted cursor.
 
+pub mod admin;
 pub mod agent;
 pub mod alert;
 pub mod audit;
@@ -43,6 +44,7 @@ pub mod filter;
 pub mod grpc;
 pub mod identity;
 pub mod marking;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod receipt;

@@ -14,8 +14,10 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::admin::AdminService;
 use crate::broker::{Broker, BrokerConfig};
 use crate::grpc::BrokerService;
+use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::tls::{self, TlsError, TlsFiles};
@@ -60,6 +62,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the final flush failed: {0}")]
     Flush(StoreError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     #[error("the policy file {path} is not valid:\n{errors}")]
     Policy { path: PathBuf, errors: String },
     #[error("cannot read the policy file {path}: {source}")]
@@ -144,18 +148,28 @@ pub async fn run(
         let audit = audit.clone();
         tokio::spawn(async move { audit.auth_failure(&remote.to_string(), &reason).await });
     });
-    let incoming = tls::incoming(
-        listener,
-        tls_config,
-        shutdown.child_token(),
-        Some(on_refused),
-    );
+    let connections = tls::Connections::default();
+    let hooks = tls::Hooks {
+        on_refused: Some(on_refused),
+        connections: Some(connections.clone()),
+    };
+    let incoming = tls::incoming(listener, tls_config, shutdown.child_token(), hooks);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     info!(?addr, data = %config.data_dir.display(), head_seq = store.head().0, "broker listening");
 
     let serve = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AdminServer::new(AdminService::new(
+            broker.clone(),
+            connections,
+        )))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let token = shutdown.clone();

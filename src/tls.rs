@@ -143,12 +143,92 @@ pub struct Peer {
     pub remote: SocketAddr,
 }
 
+/// One open connection, for the admin view.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub node: Option<NodeId>,
+    pub remote: SocketAddr,
+    pub since: std::time::SystemTime,
+}
+
+/// The open connections of a listener. A std mutex: held to insert or
+/// remove one entry, or to copy the list.
+#[derive(Clone, Default)]
+pub struct Connections {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<u64, ConnInfo>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Connections {
+    fn register(&self, info: ConnInfo) -> ConnGuard {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, info);
+        metrics::gauge!(crate::metrics::CONNECTED_NODES).increment(1.0);
+        ConnGuard {
+            id,
+            conns: self.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, ConnInfo>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open connections, oldest first.
+    pub fn list(&self) -> Vec<ConnInfo> {
+        let mut all: Vec<ConnInfo> = self.lock().values().cloned().collect();
+        all.sort_by_key(|c| c.since);
+        all
+    }
+}
+
+/// Removes its connection from the registry when the connection closes.
+struct ConnGuard {
+    id: u64,
+    conns: Connections,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.id);
+        metrics::gauge!(crate::metrics::CONNECTED_NODES).decrement(1.0);
+    }
+}
+
+/// What the accept loop reports to: refused handshakes and open connections.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub on_refused: Option<RefusalHook>,
+    pub connections: Option<Connections>,
+}
+
+/// The label of a refused handshake in the certificate-refusal metric.
+fn refusal_reason(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("no certificate")
+        || e.contains("certificaterequired")
+        || e.contains("nocertificates")
+    {
+        "no_certificate"
+    } else if e.contains("unknownissuer") || e.contains("unknown ca") || e.contains("unknownca") {
+        "unknown_ca"
+    } else if e.contains("expired") || e.contains("notvalidyet") {
+        "expired"
+    } else if e.contains("revoked") {
+        "revoked"
+    } else {
+        "other"
+    }
+}
+
 /// A connection carrying its [`Peer`]: a mutual-TLS stream, or (for an
 /// agent's loopback listener) a plain TCP stream whose peer is the agent's
 /// own identity.
 pub struct PeerStream<S = tokio_rustls::server::TlsStream<TcpStream>> {
     inner: S,
     peer: Peer,
+    /// Keeps the connection listed while it is open.
+    _registered: Option<ConnGuard>,
 }
 
 impl<S> Connected for PeerStream<S> {
@@ -211,7 +291,7 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
-    on_refused: Option<RefusalHook>,
+    hooks: Hooks,
 ) -> ReceiverStream<Result<PeerStream, io::Error>> {
     // The accept loop holds the sender; tonic holds the receiver. Bounded so
     // that a flood of handshakes cannot queue without limit.
@@ -234,9 +314,9 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            let on_refused = on_refused.clone();
+            let hooks = hooks.clone();
             tokio::spawn(async move {
-                if let Some(stream) = handshake(acceptor, tcp, remote, on_refused).await {
+                if let Some(stream) = handshake(acceptor, tcp, remote, hooks).await {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });
@@ -268,7 +348,12 @@ pub fn incoming_plain(
                         identity: Ok(identity.clone()),
                         remote,
                     };
-                    if tx.send(Ok(PeerStream { inner: tcp, peer })).await.is_err() {
+                    let stream = PeerStream {
+                        inner: tcp,
+                        peer,
+                        _registered: None,
+                    };
+                    if tx.send(Ok(stream)).await.is_err() {
                         break;
                     }
                 }
@@ -286,13 +371,15 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    on_refused: Option<RefusalHook>,
+    hooks: Hooks,
 ) -> Option<PeerStream> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!(%remote, reason = %e, "TLS handshake refused");
-            if let Some(hook) = on_refused {
+            let reason = refusal_reason(&e.to_string());
+            metrics::counter!(crate::metrics::CERT_REFUSALS, "reason" => reason).increment(1);
+            if let Some(hook) = hooks.on_refused {
                 hook(remote, format!("TLS handshake refused: {e}"));
             }
             return None;
@@ -308,10 +395,22 @@ async fn handshake(
     };
     match &identity {
         Ok(node) => debug!(%remote, %node, "node connected"),
-        Err(e) => warn!(%remote, reason = %e, "certificate carries no usable identity"),
+        Err(e) => {
+            warn!(%remote, reason = %e, "certificate carries no usable identity");
+            metrics::counter!(crate::metrics::CERT_REFUSALS, "reason" => "no_identity")
+                .increment(1);
+        }
     }
+    let registered = hooks.connections.map(|c| {
+        c.register(ConnInfo {
+            node: identity.as_ref().ok().cloned(),
+            remote,
+            since: std::time::SystemTime::now(),
+        })
+    });
     Some(PeerStream {
         inner: tls,
         peer: Peer { identity, remote },
+        _registered: registered,
     })
 }

@@ -165,6 +165,12 @@ pub async fn run(
         shutdown.child_token(),
     ));
 
+    tasks.spawn(export_metrics(
+        store.clone(),
+        link.clone(),
+        shutdown.child_token(),
+    ));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
     let max_message = config.broker.limits.max_alert_bytes * 2 + 64 * 1024;
@@ -185,7 +191,12 @@ pub async fn run(
     let signal = shutdown.clone().cancelled_owned();
     match listen_tls {
         Some(tls_config) => {
-            let incoming = tls::incoming(listener, tls_config, shutdown.child_token(), None);
+            let incoming = tls::incoming(
+                listener,
+                tls_config,
+                shutdown.child_token(),
+                tls::Hooks::default(),
+            );
             crate::server::drain(
                 router.serve_with_incoming_shutdown(incoming, signal),
                 &shutdown,
@@ -208,4 +219,38 @@ pub async fn run(
     store.close().await.map_err(AgentError::Flush)?;
     info!("agent stopped; store flushed");
     Ok(())
+}
+
+/// Publishes the agent's link and queue figures as metrics, once a second.
+async fn export_metrics(store: Store, link: link::Link, shutdown: CancellationToken) {
+    use crate::metrics as m;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = link.status();
+        let state = match status.state {
+            crate::proto::LinkState::Up => 1.0,
+            crate::proto::LinkState::Down => 2.0,
+            crate::proto::LinkState::Refused => 3.0,
+            _ => 0.0,
+        };
+        metrics::gauge!(m::AGENT_LINK_STATE).set(state);
+        metrics::counter!(m::AGENT_RECONNECTS).absolute(status.reconnects);
+        let Ok(stats) = store.outbox_stats() else {
+            continue;
+        };
+        metrics::gauge!(m::AGENT_OUTBOX_DEPTH).set(stats.depth as f64);
+        let age = stats
+            .oldest
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(m::AGENT_OUTBOX_OLDEST_SECONDS).set(age);
+        metrics::counter!(m::AGENT_FORWARDED).absolute(stats.forwarded);
+        metrics::counter!(m::AGENT_EXPIRED).absolute(stats.expired);
+        metrics::counter!(m::AGENT_REJECTED).absolute(stats.rejected);
+        metrics::counter!(m::AGENT_INBOX).absolute(stats.inbox);
+    }
 }

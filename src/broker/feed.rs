@@ -166,6 +166,15 @@ pub struct FeedHandle {
 pub(super) struct Slot {
     lock: Arc<tokio::sync::Mutex<()>>,
     takeover: CancellationToken,
+    pub(super) live: Arc<LiveFeed>,
+}
+
+/// What the admin view shows of a durable feed's live subscription; the
+/// feed task writes it, readers only load.
+#[derive(Debug, Default)]
+pub struct LiveFeed {
+    pub connected: std::sync::atomic::AtomicBool,
+    pub in_flight: std::sync::atomic::AtomicU32,
 }
 
 /// How many acknowledged sequences above the floor a feed may accumulate,
@@ -181,9 +190,12 @@ pub(super) async fn open(
     spec: FeedSpec,
 ) -> Result<FeedHandle, BrokerError> {
     let takeover = CancellationToken::new();
-    let guard = match &spec.name {
-        Some(name) => Some(claim(broker, &owner, name, &takeover).await?),
-        None => None,
+    let (guard, live) = match &spec.name {
+        Some(name) => {
+            let (guard, live) = claim(broker, &owner, name, &takeover).await?;
+            (Some(guard), Some(live))
+        }
+        None => (None, None),
     };
     let store = broker.store().clone();
     let head = store.head();
@@ -214,7 +226,11 @@ pub(super) async fn open(
         owner,
         name: spec.name,
         filter: spec.filter,
-        created_us: stored.map_or_else(|| micros(SystemTime::now()), |s| s.created_us),
+        created_us: stored
+            .as_ref()
+            .map_or_else(|| micros(SystemTime::now()), |s| s.created_us),
+        last_ack_us: stored.as_ref().map_or(0, |s| s.last_ack_us),
+        live,
         window,
         ack_wait: spec.ack_wait,
         next_read: floor.next(),
@@ -244,18 +260,19 @@ async fn claim(
     owner: &NodeId,
     name: &str,
     takeover: &CancellationToken,
-) -> Result<OwnedMutexGuard<()>, BrokerError> {
-    let lock = {
+) -> Result<(OwnedMutexGuard<()>, Arc<LiveFeed>), BrokerError> {
+    let (lock, live) = {
         let mut feeds = broker.feeds();
         let slot = feeds
             .entry((owner.clone(), name.to_owned()))
             .or_insert_with(|| Slot {
                 lock: Arc::new(tokio::sync::Mutex::new(())),
                 takeover: CancellationToken::new(),
+                live: Arc::default(),
             });
         let older = std::mem::replace(&mut slot.takeover, takeover.clone());
         older.cancel();
-        slot.lock.clone()
+        (slot.lock.clone(), slot.live.clone())
     };
     let guard = tokio::select! {
         g = lock.lock_owned() => g,
@@ -264,7 +281,7 @@ async fn claim(
     if takeover.is_cancelled() {
         return Err(BrokerError::TakenOver);
     }
-    Ok(guard)
+    Ok((guard, live))
 }
 
 fn start_floor(store: &Store, start: Start, head: Seq) -> Result<Seq, BrokerError> {
@@ -305,6 +322,10 @@ struct FeedTask {
     takeover: CancellationToken,
     /// Held for the task's life: the feed's lock (durable feeds only).
     _guard: Option<OwnedMutexGuard<()>>,
+    /// Last acknowledgement (µs since the epoch; 0: never).
+    last_ack_us: u64,
+    /// The admin view of this subscription (durable feeds only).
+    live: Option<Arc<LiveFeed>>,
 }
 
 /// Why the loop stopped; `None` when the subscriber went away.
@@ -312,12 +333,14 @@ type Stop = Option<FeedEnd>;
 
 impl FeedTask {
     async fn run(mut self) {
+        self.set_connected(true);
         let end = loop {
             if let Err(stop) = self.step().await {
                 break stop;
             }
         };
         self.persist();
+        self.set_connected(false);
         match end {
             Some(end) => {
                 debug!(?end, "feed closed");
@@ -416,6 +439,7 @@ impl FeedTask {
                     attempt: 1,
                 })
                 .await?;
+                metrics::counter!(crate::metrics::DELIVERIES).increment(1);
                 let detail = format!("feed {}; seq {seq}", self.feed_label());
                 let event = AuditEvent::new(
                     AuditKind::Delivered,
@@ -432,6 +456,12 @@ impl FeedTask {
                         deadline: Instant::now() + self.ack_wait,
                     },
                 );
+                if let Some(live) = &self.live {
+                    live.in_flight.store(
+                        self.in_flight.len() as u32,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 if !self.has_room() {
                     break;
                 }
@@ -479,9 +509,21 @@ impl FeedTask {
                 attempt: f.attempt,
             };
             debug!(seq = seq.0, attempt = f.attempt, "redelivering");
+            metrics::counter!(crate::metrics::REDELIVERIES).increment(1);
             self.send(event).await?;
         }
         Ok(())
+    }
+
+    fn set_connected(&self, connected: bool) {
+        if let Some(live) = &self.live {
+            live.connected
+                .store(connected, std::sync::atomic::Ordering::Relaxed);
+            if !connected {
+                live.in_flight
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     fn feed_label(&self) -> &str {
@@ -496,6 +538,8 @@ impl FeedTask {
             if let Some(delivered) = self.in_flight.remove(&seq) {
                 self.acked.insert(seq);
                 changed = true;
+                metrics::counter!(crate::metrics::ACKS).increment(1);
+                self.last_ack_us = micros(SystemTime::now());
                 let receipt = Receipt {
                     alert: delivered.record.alert.id,
                     kind: ReceiptKind::Delivered,
@@ -535,7 +579,18 @@ impl FeedTask {
             ack_floor: self.floor.0,
             acked: self.acked.iter().map(|s| s.0).collect(),
             created_us: self.created_us,
+            last_ack_us: self.last_ack_us,
         };
+        let labels = [("owner", self.owner.to_string()), ("feed", name.clone())];
+        let backlog = self.store.head().0.saturating_sub(self.floor.0);
+        metrics::gauge!(crate::metrics::FEED_BACKLOG, &labels).set(backlog as f64);
+        metrics::gauge!(crate::metrics::FEED_IN_FLIGHT, &labels).set(self.in_flight.len() as f64);
+        if let Some(live) = &self.live {
+            live.in_flight.store(
+                self.in_flight.len() as u32,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         if let Err(e) = self.store.save_feed(&self.owner.to_string(), name, &state) {
             // The feed keeps working; the cursor is saved with the next ack.
             warn!(error = %e, "cannot save the feed cursor");

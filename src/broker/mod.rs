@@ -2,6 +2,7 @@
 //! Transport-agnostic: the gRPC service, the CLI and the tests drive it with
 //! a caller identity and domain values; it never sees tonic.
 
+mod admin;
 mod feed;
 mod retention;
 mod sharing;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+pub use admin::FeedView;
 pub use feed::{FeedEnd, FeedEvent, FeedHandle, FeedOpened, FeedSpec, Start};
 pub use retention::Retention;
 
@@ -167,15 +169,22 @@ impl Broker {
         if self.inner.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
-        let alert = alert::validate(msg, origin, &self.inner.config.limits, SystemTime::now())?;
+        let alert = match alert::validate(msg, origin, &self.inner.config.limits, SystemTime::now())
+        {
+            Ok(alert) => alert,
+            Err(rejection) => return Err(count_error(rejection.into())),
+        };
         if let Err(denied) = self.policy().may_publish(origin, alert.category) {
-            return Err(self.refused(origin, Some(alert.id), denied).await);
+            return Err(count_error(
+                self.refused(origin, Some(alert.id), denied).await,
+            ));
         }
         let kind = match self.inner.config.outbox {
             Some(limits) => AppendKind::Outbox(limits),
             None => AppendKind::Log,
         };
-        self.submit_valid(alert, kind).await
+        let pending = self.submit_valid(alert, kind).await.map_err(count_error)?;
+        Ok(async move { count_publish(pending.await) })
     }
 
     /// Stores an alert received from the upstream broker (an agent's inbox):
@@ -323,6 +332,34 @@ impl Broker {
         // Entries are replaced whole; a poisoned map is still consistent.
         self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Counts a publish outcome by result (see [`crate::metrics::PUBLISHES`]).
+fn count_publish(outcome: Result<PublishAck, BrokerError>) -> Result<PublishAck, BrokerError> {
+    match outcome {
+        Ok(ack) => {
+            let result = if ack.duplicate {
+                "duplicate"
+            } else {
+                "accepted"
+            };
+            metrics::counter!(crate::metrics::PUBLISHES, "result" => result).increment(1);
+            Ok(ack)
+        }
+        Err(e) => Err(count_error(e)),
+    }
+}
+
+fn count_error(e: BrokerError) -> BrokerError {
+    let result = match &e {
+        BrokerError::Rejected(_) => "invalid",
+        BrokerError::Denied(_) => "denied",
+        BrokerError::Store(StoreError::IdConflict) => "id_conflict",
+        BrokerError::Store(StoreError::OutboxFull { .. }) => "outbox_full",
+        _ => "failed",
+    };
+    metrics::counter!(crate::metrics::PUBLISHES, "result" => result).increment(1);
+    e
 }
 
 /// Default time a delivery may stay unacknowledged.

@@ -74,6 +74,9 @@ pub struct AgentRunArgs {
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "60s")]
     pub max_backoff: String,
+    /// Prometheus metrics endpoint ("off" to disable).
+    #[arg(long, env = "LIAISON_METRICS", default_value = "127.0.0.1:9465")]
+    pub metrics: String,
     /// HTTP/2 keepalive interval towards upstream (stall detection).
     #[arg(long, default_value = "15s")]
     pub keepalive: String,
@@ -129,6 +132,7 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
         listener.local_addr()?
     );
     let shutdown = CancellationToken::new();
+    super::start_metrics(&args.metrics, &shutdown).await?;
     tokio::spawn(on_signal(shutdown.clone()));
     agent::run(listener, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

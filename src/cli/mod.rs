@@ -1,6 +1,7 @@
 //! The `liaison` command line: argument definitions and the commands behind
 //! them. `main.rs` only parses, sets up logging and calls [`run`].
 
+mod admin;
 mod agent;
 mod alert_args;
 mod bench;
@@ -69,6 +70,11 @@ pub enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(sharing::AuditCommand),
+    /// Administrator views: feeds, connected nodes, totals.
+    #[command(subcommand)]
+    Admin(admin::AdminView),
+    /// Check that a broker or agent is serving (gRPC health; exit 0 when it is).
+    Health(admin::HealthArgs),
     /// Measure publish throughput and latency against a broker.
     Bench(BenchArgs),
 }
@@ -112,6 +118,28 @@ pub enum CertsCommand {
 ///
 /// # Errors
 /// Any failure of the command, to be printed by `main`.
+/// Starts the Prometheus endpoint unless `spec` is "off"; a busy address
+/// is reported and the command goes on without metrics.
+async fn start_metrics(
+    spec: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    if spec == "off" {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = spec.parse().map_err(|_| {
+        anyhow::anyhow!("--metrics: `{spec}` is not an address such as 127.0.0.1:9464 (or \"off\")")
+    })?;
+    let handle = crate::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    match crate::metrics::start(addr, handle, shutdown.clone()).await {
+        Ok(bound) => println!("liaison: metrics on http://{bound}/metrics"),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "metrics endpoint not available; running without it")
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
@@ -123,6 +151,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => client_cmds::history(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Ack(args) => sharing::ack(args).await,
+        Command::Admin(args) => admin::run(args).await,
+        Command::Health(args) => admin::health(args).await,
         Command::Receipts(args) => sharing::receipts(args).await,
         Command::Policy(cmd) => sharing::policy(cmd),
         Command::Audit(cmd) => sharing::audit(cmd).await,

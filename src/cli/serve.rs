@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// broker runs open, for development. Reloaded on change and on SIGHUP.
     #[arg(long, env = "LIAISON_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Prometheus metrics endpoint ("off" to disable).
+    #[arg(long, env = "LIAISON_METRICS", default_value = "127.0.0.1:9464")]
+    pub metrics: String,
     /// How long open streams get to close on shutdown.
     #[arg(long, default_value = "10s")]
     pub shutdown_grace: String,
@@ -112,6 +115,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     // A line on standard output that scripts and tests wait for.
     println!("liaison: listening on https://{addr}");
     let shutdown = CancellationToken::new();
+    super::start_metrics(&args.metrics, &shutdown).await?;
     tokio::spawn(on_signal(shutdown.clone()));
     server::run(listener, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

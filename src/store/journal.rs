@@ -162,6 +162,22 @@ impl Store {
         self.inner.receipts.clone()
     }
 
+    /// How many audit records there are.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn audit_count(&self) -> Result<u64, StoreError> {
+        let last = self
+            .inner
+            .log
+            .range(keys::audit(0)..keys::audit(u64::MAX))
+            .next_back()
+            .transpose()?;
+        Ok(last.map_or(0, |(k, _)| {
+            u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]))
+        }))
+    }
+
     /// Up to `limit` audit records from sequence `from` on, in order.
     ///
     /// # Errors

@@ -77,6 +77,9 @@ pub struct StoredFeed {
     pub acked: Vec<u64>,
     #[prost(uint64, tag = "4")]
     pub created_us: u64,
+    /// When the feed last received an acknowledgement (0: never).
+    #[prost(uint64, tag = "5")]
+    pub last_ack_us: u64,
 }
 
 /// Tuning of the store.

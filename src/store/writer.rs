@@ -274,6 +274,7 @@ impl Writer {
         let mut prunes = Vec::new();
         let mut stop = None;
         let saved = (self.state.meta, self.state.last_received_us);
+        let commands = group.len();
         for cmd in group {
             match cmd {
                 Command::Append { alert, kind, reply } => {
@@ -315,11 +316,15 @@ impl Writer {
             }
         }
         self.state.meta.save(&saved.0, &mut staged.batch);
+        metrics::histogram!(crate::metrics::COMMIT_BATCH).record(commands as f64);
+        let started = std::time::Instant::now();
         let result = self
             .log
             .apply_batch(staged.batch)
             .and_then(|()| self.db.flush().map(drop))
             .map_err(StoreError::from_sled);
+        metrics::histogram!(crate::metrics::COMMIT_FLUSH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 // Counters first: whoever is answered next and asks for the

@@ -1,0 +1,113 @@
+//! The `liaison.v1.Admin` gRPC service: feeds, connected nodes and totals,
+//! for administrator nodes.
+
+use std::time::SystemTime;
+
+use tonic::{Request, Response, Status};
+
+use crate::alert::timestamp;
+use crate::broker::Broker;
+use crate::grpc::caller;
+use crate::proto as pb;
+use crate::proto::admin_server::Admin;
+use crate::tls::Connections;
+
+pub struct AdminService {
+    broker: Broker,
+    connections: Connections,
+    started: SystemTime,
+}
+
+impl AdminService {
+    pub fn new(broker: Broker, connections: Connections) -> Self {
+        Self {
+            broker,
+            connections,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Administrators only (any node when no policy file is in force).
+    async fn authorise<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let node = caller(req)?;
+        let policy = self.broker.policy();
+        if policy.is_open() || policy.is_administrator(&node) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "policy: {node} is not an administrator"
+            )))
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn feeds(
+        &self,
+        req: Request<pb::AdminFeedsRequest>,
+    ) -> Result<Response<pb::AdminFeedsResponse>, Status> {
+        self.authorise(&req).await?;
+        let feeds = self
+            .broker
+            .feed_views()
+            .map_err(internal)?
+            .into_iter()
+            .map(|f| pb::FeedView {
+                owner: f.owner,
+                feed: f.name,
+                ack_floor: f.ack_floor,
+                backlog: f.backlog,
+                in_flight: f.in_flight,
+                connected: f.connected,
+                last_ack: f.last_ack.map(timestamp),
+                created: Some(timestamp(f.created)),
+            })
+            .collect();
+        Ok(Response::new(pb::AdminFeedsResponse { feeds }))
+    }
+
+    async fn nodes(
+        &self,
+        req: Request<pb::AdminNodesRequest>,
+    ) -> Result<Response<pb::AdminNodesResponse>, Status> {
+        self.authorise(&req).await?;
+        let nodes = self
+            .connections
+            .list()
+            .into_iter()
+            .map(|c| pb::ConnectedNode {
+                urn: c.node.map(|n| n.to_string()).unwrap_or_default(),
+                remote: c.remote.to_string(),
+                since: Some(timestamp(c.since)),
+            })
+            .collect();
+        Ok(Response::new(pb::AdminNodesResponse { nodes }))
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::AdminStatsRequest>,
+    ) -> Result<Response<pb::AdminStatsResponse>, Status> {
+        self.authorise(&req).await?;
+        let store = self.broker.store();
+        let feeds = self.broker.feed_views().map_err(internal)?;
+        let policy = self.broker.policy();
+        Ok(Response::new(pb::AdminStatsResponse {
+            head_seq: store.head().0,
+            first_seq: store.first_seq().map_err(internal)?.map_or(0, |s| s.0),
+            log_bytes: store.log_bytes().map_err(internal)?,
+            feeds: feeds.len() as u64,
+            feeds_connected: feeds.iter().filter(|f| f.connected).count() as u64,
+            connections: self.connections.list().len() as u64,
+            audit_records: store.audit_count().map_err(internal)?,
+            started: Some(timestamp(self.started)),
+            policy_open: policy.is_open(),
+            agreements: policy.agreements().len() as u64,
+        }))
+    }
+}

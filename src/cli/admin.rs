@@ -1,0 +1,176 @@
+//! `liaison admin feeds|nodes|stats` (administrator nodes) and
+//! `liaison health` (the standard gRPC health check, for probes).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::client_cmds::status_error;
+use super::conn::ConnArgs;
+use super::json::time_json;
+use crate::proto as pb;
+
+#[derive(Debug, Subcommand)]
+pub enum AdminView {
+    /// Durable feeds: owner, cursor, backlog, in flight, last ack.
+    Feeds(AdminArgs),
+    /// Nodes connected now: since when, from where.
+    Nodes(AdminArgs),
+    /// Totals of the broker.
+    Stats(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The service to ask about ("" for the server as a whole).
+    #[arg(long, default_value = "liaison.v1.Broker")]
+    pub service: String,
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for row in rows {
+        println!("{}", line(row.clone()));
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn run(view: AdminView) -> Result<ExitCode> {
+    let (AdminView::Feeds(args) | AdminView::Nodes(args) | AdminView::Stats(args)) = &view;
+    let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
+        .connect()
+        .await?;
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let (headers, rows): (Vec<&str>, Vec<Value>) = match view {
+        AdminView::Feeds(_) => {
+            let feeds = admin
+                .feeds(pb::AdminFeedsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .feeds;
+            let rows = feeds
+                .iter()
+                .map(|f| {
+                    json!({"owner": f.owner, "feed": f.feed, "ack_floor": f.ack_floor, "backlog": f.backlog,
+                           "in_flight": f.in_flight, "connected": f.connected, "last_ack": time_json(&f.last_ack),
+                           "created": time_json(&f.created)})
+                })
+                .collect();
+            (
+                vec![
+                    "owner",
+                    "feed",
+                    "ack_floor",
+                    "backlog",
+                    "in_flight",
+                    "connected",
+                    "last_ack",
+                ],
+                rows,
+            )
+        }
+        AdminView::Nodes(_) => {
+            let nodes = admin
+                .nodes(pb::AdminNodesRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .nodes;
+            let rows = nodes
+                .iter()
+                .map(|n| json!({"urn": n.urn, "remote": n.remote, "since": time_json(&n.since)}))
+                .collect();
+            (vec!["urn", "remote", "since"], rows)
+        }
+        AdminView::Stats(_) => {
+            let s = admin
+                .stats(pb::AdminStatsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let v = json!({"head_seq": s.head_seq, "first_seq": s.first_seq, "log_bytes": s.log_bytes,
+                           "feeds": s.feeds, "feeds_connected": s.feeds_connected, "connections": s.connections,
+                           "audit_records": s.audit_records, "started": time_json(&s.started),
+                           "policy_open": s.policy_open, "agreements": s.agreements});
+            if args.json {
+                println!("{v}");
+            } else if let Some(map) = v.as_object() {
+                for (k, val) in map {
+                    println!("{k:<16} {}", text(val));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if args.json {
+        println!("{}", Value::Array(rows));
+    } else {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| headers.iter().map(|h| text(&r[*h])).collect())
+            .collect();
+        table(&headers, &cells);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when the service reports SERVING (for container health checks).
+pub async fn health(args: HealthArgs) -> Result<ExitCode> {
+    let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
+        .connect()
+        .await?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: args.service,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .status;
+    let serving = status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+    Ok(if serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
