@@ -127,10 +127,10 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
     } else {
         "http"
     };
-    println!(
+    super::announce(&format!(
         "liaison agent: listening on {scheme}://{}",
         listener.local_addr()?
-    );
+    ));
     let shutdown = CancellationToken::new();
     super::start_metrics(&args.metrics, &shutdown).await?;
     tokio::spawn(on_signal(shutdown.clone()));

@@ -118,6 +118,14 @@ pub enum CertsCommand {
 ///
 /// # Errors
 /// Any failure of the command, to be printed by `main`.
+/// Writes a status line that scripts wait for on standard output. A reader
+/// that went away (a closed pipe) must not bring the server down.
+pub(crate) fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// Starts the Prometheus endpoint unless `spec` is "off"; a busy address
 /// is reported and the command goes on without metrics.
 async fn start_metrics(
@@ -132,7 +140,7 @@ async fn start_metrics(
     })?;
     let handle = crate::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     match crate::metrics::start(addr, handle, shutdown.clone()).await {
-        Ok(bound) => println!("liaison: metrics on http://{bound}/metrics"),
+        Ok(bound) => announce(&format!("liaison: metrics on http://{bound}/metrics")),
         Err(e) => {
             tracing::warn!(%addr, error = %e, "metrics endpoint not available; running without it")
         }

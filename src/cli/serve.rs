@@ -113,7 +113,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // A line on standard output that scripts and tests wait for.
-    println!("liaison: listening on https://{addr}");
+    super::announce(&format!("liaison: listening on https://{addr}"));
     let shutdown = CancellationToken::new();
     super::start_metrics(&args.metrics, &shutdown).await?;
     tokio::spawn(on_signal(shutdown.clone()));

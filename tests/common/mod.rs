@@ -592,10 +592,11 @@ fn spawn_until_ready(mut cmd: Command, prefix: &str) -> (Child, String) {
         .spawn()
         .expect("spawn liaison");
     let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("readiness line");
+    reader.read_line(&mut line).expect("readiness line");
+    // Keep draining what the process prints after the readiness line.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let url = line
         .trim()
         .strip_prefix(prefix)
