@@ -436,3 +436,112 @@ fn a_post_publishes_through_its_agent_with_no_certificate_flags() {
     let _ = agent.wait();
     server.kill9();
 }
+
+#[test]
+fn configuration_files_are_checked_with_lines_and_flags_override_them() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    for example in ["liaison.example.toml", "agent.example.toml"] {
+        let out = ok(liaison(
+            &[
+                "config",
+                "check",
+                repo.join(example).to_str().expect("utf-8"),
+            ],
+            d,
+        ));
+        assert!(out.contains("valid"), "{out}");
+    }
+    std::fs::write(
+        d.join("bad.toml"),
+        "data = \"x\"\nlisten = \"nowhere\"\nretain = \"soon\"\ncolour = \"red\"\n",
+    )
+    .expect("write");
+    let bad = liaison(&["config", "check", "bad.toml"], d);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("bad.toml:4: `colour` is not a setting of `serve`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.toml:3: retain:"), "{stderr}");
+
+    // A broker from a file: its data directory comes from the file, the
+    // listen address from the flag typed after it.
+    ok(liaison(&["certs", "init", "--dir", "pki"], d));
+    std::fs::write(
+        d.join("broker.toml"),
+        "listen = \"127.0.0.1:1\"\ndata = \"from-file\"\ncerts = \"pki\"\nmetrics = \"off\"\n",
+    )
+    .expect("write");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
+    cmd.args([
+        "serve",
+        "--config",
+        "broker.toml",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .current_dir(d);
+    let server = ServeProcess::spawn(cmd);
+    ok(liaison(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "pki",
+            "--node",
+            "urn:liaison:TJ:border-guard:ishkashim",
+            "--name",
+            "p",
+        ],
+        d,
+    ));
+    let ack = ok(liaison(
+        &[
+            "publish",
+            "--broker",
+            &server.url,
+            "--certs",
+            "pki",
+            "--name",
+            "p",
+            "--category",
+            "drugs",
+            "--headline",
+            "x",
+            "--param",
+            "kg=4",
+            "--param",
+            "plate=01A",
+        ],
+        d,
+    ));
+    let ack: serde_json::Value = serde_json::from_str(ack.trim()).expect("JSON");
+    let got = ok(liaison(
+        &[
+            "get",
+            "--broker",
+            &server.url,
+            "--certs",
+            "pki",
+            "--name",
+            "p",
+            ack["id"].as_str().expect("id"),
+            "--json",
+        ],
+        d,
+    ));
+    let got: serde_json::Value = serde_json::from_str(got.trim()).expect("JSON");
+    assert_eq!(
+        got["alert"]["parameters"].as_array().expect("params").len(),
+        2,
+        "repeated flags still add up"
+    );
+    assert!(
+        d.join("from-file").is_dir(),
+        "the data directory came from the file"
+    );
+    server.kill9();
+}

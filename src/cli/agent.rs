@@ -37,6 +37,10 @@ pub enum AgentCommand {
 
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {
+    /// Configuration file (TOML; see agent.example.toml). Environment
+    /// variables and flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The upstream broker, https://HOST:PORT.
     #[arg(long, env = "LIAISON_UPSTREAM", required = true)]
     pub upstream: Option<String>,

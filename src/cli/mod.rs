@@ -6,6 +6,7 @@ mod agent;
 mod alert_args;
 mod bench;
 mod client_cmds;
+pub mod config;
 mod conn;
 pub mod json;
 mod serve;
@@ -25,7 +26,12 @@ pub use serve::ServeArgs;
 /// Liaison: a message broker for cross-border alert sharing between border
 /// agencies (mutual-TLS gRPC publish/subscribe with durable feeds).
 #[derive(Debug, Parser)]
-#[command(name = "liaison", version, propagate_version = true)]
+#[command(
+    name = "liaison",
+    version,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Log format on standard error (filter with RUST_LOG, e.g. RUST_LOG=liaison=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LIAISON_LOG_FORMAT")]
@@ -70,6 +76,9 @@ pub enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(sharing::AuditCommand),
+    /// Configuration files of `serve` and `agent`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Administrator views: feeds, connected nodes, totals.
     #[command(subcommand)]
     Admin(admin::AdminView),
@@ -77,6 +86,24 @@ pub enum Command {
     Health(admin::HealthArgs),
     /// Measure publish throughput and latency against a broker.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file; every error is explained with its line.
+    Check {
+        /// The file (TOML).
+        file: PathBuf,
+        /// Which command it configures (guessed: a file with `upstream` is an agent's).
+        #[arg(long, value_enum)]
+        kind: Option<ConfigKind>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ConfigKind {
+    Serve,
+    Agent,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,11 +187,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Ack(args) => sharing::ack(args).await,
         Command::Admin(args) => admin::run(args).await,
+        Command::Config(ConfigCommand::Check { file, kind }) => check_config(&file, kind),
         Command::Health(args) => admin::health(args).await,
         Command::Receipts(args) => sharing::receipts(args).await,
         Command::Policy(cmd) => sharing::policy(cmd),
         Command::Audit(cmd) => sharing::audit(cmd).await,
     }
+}
+
+fn check_config(file: &std::path::Path, kind: Option<ConfigKind>) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let kind = match kind {
+        Some(ConfigKind::Serve) => config::Kind::Serve,
+        Some(ConfigKind::Agent) => config::Kind::Agent,
+        None => config::kind_of(&text),
+    };
+    let settings = match config::settings(&text, kind, |_| false) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}:{}: {}", file.display(), e.line, e.message);
+            }
+            eprintln!("{}: {} error(s); not valid", file.display(), errors.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // The values must also be what the command's flags accept: each setting
+    // is tried alone, so that an error points at its line.
+    let sub = match kind {
+        config::Kind::Serve => "serve",
+        config::Kind::Agent => "agent",
+    };
+    let mut errors = 0;
+    for setting in &settings {
+        let argv = ["liaison", sub]
+            .into_iter()
+            .map(String::from)
+            .chain(setting.flags.iter().cloned());
+        if let Err(e) = <Cli as clap::Parser>::try_parse_from(argv)
+            && e.kind() != clap::error::ErrorKind::MissingRequiredArgument
+        {
+            let rendered = e.render().to_string();
+            let reason = rendered
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .trim_start_matches("error: ");
+            eprintln!(
+                "{}:{}: {}: {reason}",
+                file.display(),
+                setting.line,
+                setting.key
+            );
+            errors += 1;
+        }
+    }
+    if errors > 0 {
+        eprintln!("{}: {errors} error(s); not valid", file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}: valid `{sub}` configuration", file.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {

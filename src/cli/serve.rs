@@ -19,6 +19,10 @@ use crate::tls::TlsFiles;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Configuration file (TOML; see liaison.example.toml). Environment
+    /// variables and flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "LIAISON_LISTEN", default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,

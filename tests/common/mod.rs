@@ -321,11 +321,24 @@ impl Drop for ServeProcess {
 impl ServeProcess {
     pub fn start(certs: &Path, data: &Path) -> ServeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--retain", "0"])
-            .arg("--certs")
-            .arg(certs)
-            .arg("--data")
-            .arg(data);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--retain",
+            "0",
+            "--metrics",
+            "off",
+        ])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--data")
+        .arg(data);
+        Self::spawn(cmd)
+    }
+
+    /// Spawns a prepared `liaison serve` command and waits until it listens.
+    pub fn spawn(cmd: Command) -> ServeProcess {
         let (child, url) = spawn_until_ready(cmd, "liaison: listening on ");
         ServeProcess { child, url }
     }
@@ -554,6 +567,8 @@ impl AgentProcess {
             "500ms",
             "--keepalive",
             "1s",
+            "--metrics",
+            "off",
         ])
         .args(["--upstream", upstream, "--name", name])
         .arg("--certs")
