@@ -40,6 +40,7 @@ pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod demo;
 pub mod filter;
 pub mod grpc;
 pub mod identity;

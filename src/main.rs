@@ -15,7 +15,11 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The demo runs a whole region in one process: its links go up and down
+    // on purpose, so only errors are logged unless RUST_LOG says otherwise.
+    let quiet = matches!(cli.command, liaison::cli::Command::Demo(_));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "info" }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

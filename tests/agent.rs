@@ -6,15 +6,15 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use common::proxy::{FlakyProxy, Mode};
 use common::*;
 use liaison::alert::timestamp;
+use liaison::demo::proxy::{FlakyProxy, Mode};
 use liaison::proto as pb;
 use liaison::proto::LinkState;
 
 async fn setup(mode: Mode) -> (TestBroker, FlakyProxy) {
     let broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, mode).await;
+    let proxy = FlakyProxy::start(broker.addr, mode).await.expect("proxy");
     (broker, proxy)
 }
 

@@ -7,8 +7,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::proxy::{FlakyProxy, Mode};
 use common::*;
+use liaison::demo::proxy::{FlakyProxy, Mode};
 use liaison::proto as pb;
 use liaison::proto::LinkState;
 use rand::Rng;
@@ -36,7 +36,9 @@ fn assert_exactly_once_in_order(upstream: &[pb::AlertRecord], expected: &[String
 #[tokio::test]
 async fn a_thousand_alerts_published_while_the_link_is_down_arrive_once_in_order() {
     let broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, Mode::Cut).await;
+    let proxy = FlakyProxy::start(broker.addr, Mode::Cut)
+        .await
+        .expect("proxy");
     let agent = TestAgent::start(&broker, &proxy.url(), TJ_POST, |_| {}).await;
     let alerts = numbered(1000, "offline");
     let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
@@ -52,7 +54,9 @@ async fn a_thousand_alerts_published_while_the_link_is_down_arrive_once_in_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_flapping_during_the_drain_stores_every_alert_once_in_order() {
     let broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, Mode::Cut).await;
+    let proxy = FlakyProxy::start(broker.addr, Mode::Cut)
+        .await
+        .expect("proxy");
     let agent = TestAgent::start(&broker, &proxy.url(), TJ_POST, |_| {}).await;
     let alerts = numbered(3000, "flap");
     let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
@@ -78,7 +82,9 @@ async fn a_link_flapping_during_the_drain_stores_every_alert_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_drain_loses_nothing_and_doubles_nothing() {
     let broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, Mode::Cut).await;
+    let proxy = FlakyProxy::start(broker.addr, Mode::Cut)
+        .await
+        .expect("proxy");
     let data = tempfile::tempdir().expect("tmp");
     broker.pki.node(TJ_POST);
     let name = cert_name(TJ_POST);
@@ -124,7 +130,9 @@ async fn an_agent_killed_mid_drain_loses_nothing_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_in_the_middle_of_a_drain_loses_nothing() {
     let mut broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, Mode::Cut).await;
+    let proxy = FlakyProxy::start(broker.addr, Mode::Cut)
+        .await
+        .expect("proxy");
     let agent = TestAgent::start(&broker, &proxy.url(), TJ_POST, |_| {}).await;
     let alerts = numbered(3000, "restart");
     let ids: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
@@ -147,7 +155,9 @@ async fn a_broker_restart_in_the_middle_of_a_drain_loses_nothing() {
 #[tokio::test]
 async fn a_black_holed_link_is_detected_and_the_agent_reconnects() {
     let broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, Mode::Pass).await;
+    let proxy = FlakyProxy::start(broker.addr, Mode::Pass)
+        .await
+        .expect("proxy");
     let agent = TestAgent::start(&broker, &proxy.url(), TJ_POST, |_| {}).await;
     let mut local = agent.client().await;
     agent
@@ -176,7 +186,9 @@ async fn a_black_holed_link_is_detected_and_the_agent_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_immediate_alert_behind_ten_thousand_routine_ones_reaches_the_broker_first() {
     let broker = TestBroker::start().await;
-    let proxy = FlakyProxy::start(broker.addr, Mode::Cut).await;
+    let proxy = FlakyProxy::start(broker.addr, Mode::Cut)
+        .await
+        .expect("proxy");
     let agent = TestAgent::start(&broker, &proxy.url(), TJ_POST, |_| {}).await;
     let mut local = agent.client().await;
     publish_many(&mut local, numbered(10_000, "routine")).await;
@@ -248,7 +260,9 @@ async fn a_simulated_region_loses_nothing_and_every_feed_gets_what_its_filter_ma
     for (cc, agency) in countries {
         for n in 0..2 {
             let urn = format!("urn:liaison:{cc}:{agency}:post-{n}");
-            let proxy = FlakyProxy::start(broker.addr, Mode::Pass).await;
+            let proxy = FlakyProxy::start(broker.addr, Mode::Pass)
+                .await
+                .expect("proxy");
             proxy.flap(Duration::from_millis(100 + 70 * n), stop.clone());
             let agent = TestAgent::start(&broker, &proxy.url(), &urn, |_| {}).await;
             posts.push(Post {

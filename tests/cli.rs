@@ -545,3 +545,26 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
     );
     server.kill9();
 }
+
+#[test]
+fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = liaison(&["demo", "--duration", "10s"], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(last.starts_with("verdict: published "), "{last}");
+    assert!(last.ends_with(", lost 0, leaked 0"), "{last}");
+    let published: u64 = last
+        .trim_start_matches("verdict: published ")
+        .split(',')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a count");
+    assert!(published > 50, "{last}");
+    assert!(stdout.contains("published"), "a live summary was printed");
+}

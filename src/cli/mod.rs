@@ -84,8 +84,25 @@ pub enum Command {
     Admin(admin::AdminView),
     /// Check that a broker or agent is serving (gRPC health; exit 0 when it is).
     Health(admin::HealthArgs),
+    /// A simulated region: a broker, six countries' posts behind flaky links,
+    /// liaison offices' feeds; ends with `verdict: published N, delivered N,
+    /// lost N, leaked N` (exit status 0 only when nothing was lost or leaked).
+    Demo(DemoArgs),
     /// Measure publish throughput and latency against a broker.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How long the region publishes before the verdict.
+    #[arg(long, default_value = "60s")]
+    pub duration: String,
+    /// Posts (each behind its own agent and flaky link) per country.
+    #[arg(long, default_value_t = 3)]
+    pub posts_per_country: usize,
+    /// Alerts per second across the region.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => client_cmds::get(args).await,
         Command::History(args) => client_cmds::history(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Demo(args) => demo(args).await,
         Command::Ack(args) => sharing::ack(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Config(ConfigCommand::Check { file, kind }) => check_config(&file, kind),
@@ -193,6 +211,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => sharing::policy(cmd),
         Command::Audit(cmd) => sharing::audit(cmd).await,
     }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.posts_per_country == 0 || args.rate <= 0.0 {
+        anyhow::bail!("--posts-per-country and --rate must be more than 0");
+    }
+    let config = crate::demo::DemoConfig {
+        duration: alert_args::parse_duration(&args.duration)?,
+        posts_per_country: args.posts_per_country,
+        rate: args.rate,
+        summary_every: std::time::Duration::from_secs(2),
+    };
+    let verdict = crate::demo::run(config, |line| announce(&line))
+        .await
+        .map_err(|e| anyhow::anyhow!("the demo could not run: {e}"))?;
+    announce(&verdict.to_string());
+    Ok(if verdict.lost == 0 && verdict.leaked == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn check_config(file: &std::path::Path, kind: Option<ConfigKind>) -> anyhow::Result<ExitCode> {

@@ -349,8 +349,6 @@ impl ServeProcess {
     }
 }
 
-pub mod proxy;
-
 /// An agent running in this process, in front of a [`TestBroker`].
 pub struct TestAgent {
     pub addr: SocketAddr,

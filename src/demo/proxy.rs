@@ -31,9 +31,13 @@ pub struct FlakyProxy {
 }
 
 impl FlakyProxy {
-    pub async fn start(target: SocketAddr, mode: Mode) -> FlakyProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
+    /// Starts a proxy on a free loopback port in front of `target`.
+    ///
+    /// # Errors
+    /// When no loopback port can be bound.
+    pub async fn start(target: SocketAddr, mode: Mode) -> std::io::Result<FlakyProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let (tx, _) = watch::channel(mode);
         let mode = Arc::new(tx);
         let upstream_bytes = Arc::new(AtomicU64::new(0));
@@ -51,7 +55,7 @@ impl FlakyProxy {
                     drop(client);
                     continue;
                 }
-                let target = *to.lock().expect("lock");
+                let target = *to.lock().unwrap_or_else(|p| p.into_inner());
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -61,18 +65,18 @@ impl FlakyProxy {
                 tokio::spawn(pump(sr, cw, m.clone(), None));
             }
         });
-        FlakyProxy {
+        Ok(FlakyProxy {
             addr,
             mode,
             upstream_bytes,
             cut_at,
             target,
-        }
+        })
     }
 
     /// Sends new connections to another address.
     pub fn retarget(&self, target: SocketAddr) {
-        *self.target.lock().expect("lock") = target;
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
     /// Alternates between passing and cutting every `period`, until `stop`
@@ -99,10 +103,47 @@ impl FlakyProxy {
     /// Waits until the proxy is in `mode` (e.g. after a `cut_after`).
     pub async fn wait_for(&self, mode: Mode) {
         let mut rx = self.mode.subscribe();
-        tokio::time::timeout(super::PATIENCE, rx.wait_for(|m| *m == mode))
-            .await
-            .expect("proxy reached the mode in time")
-            .expect("proxy alive");
+        // The sender lives as long as the proxy, so this only ends when the
+        // mode is reached.
+        let _ = rx.wait_for(|m| *m == mode).await;
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.mode.borrow()
+    }
+
+    /// A link that misbehaves at random until `stop`: mostly up, sometimes
+    /// cut, sometimes stalled, each state lasting from `min` to `max`.
+    pub fn chaos(
+        &self,
+        min: std::time::Duration,
+        max: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        use rand::Rng;
+        let mode = self.mode.clone();
+        tokio::spawn(async move {
+            loop {
+                let (next, hold) = {
+                    let mut rng = rand::rng();
+                    let roll: f64 = rng.random();
+                    let next = if roll < 0.7 {
+                        Mode::Pass
+                    } else if roll < 0.85 {
+                        Mode::Cut
+                    } else {
+                        Mode::Stall
+                    };
+                    (next, rng.random_range(min..=max))
+                };
+                mode.send_replace(next);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(hold) => {}
+                }
+            }
+            mode.send_replace(Mode::Pass);
+        });
     }
 
     pub fn set(&self, mode: Mode) {

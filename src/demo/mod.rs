@@ -1,0 +1,624 @@
+//! `liaison demo`: a simulated region in one process, to train staff and to
+//! check a build. A broker; the six countries of the region with posts at
+//! real border crossings ([`gazetteer`]), each post behind an agent on a link
+//! that drops and stalls at random ([`proxy`]); a liaison office per country
+//! following a feed with its own filter; realistic alerts across categories
+//! and markings.
+//!
+//! At the end every link is restored, every outbox drained and every feed
+//! caught up, and the demo checks, independently of the broker's own code:
+//! - **lost**: an alert acknowledged to a post that is not in the broker's
+//!   store, or that a feed should have received and did not;
+//! - **leaked**: an alert delivered to a feed whose identity the markings
+//!   exclude.
+
+pub mod gazetteer;
+pub mod proxy;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, AgentConfig};
+use crate::alert::timestamp;
+use crate::client;
+use crate::identity::NodeId;
+use crate::pki;
+use crate::proto as pb;
+use crate::server::{self, ServeConfig};
+use crate::store::{Store, StoreConfig};
+use crate::tls::TlsFiles;
+use gazetteer::{AGENCIES, Crossing};
+use proxy::{FlakyProxy, Mode};
+
+type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub duration: Duration,
+    pub posts_per_country: usize,
+    /// Alerts per second across the region.
+    pub rate: f64,
+    /// How often the live summary is printed.
+    pub summary_every: Duration,
+}
+
+/// The closing figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub published: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub leaked: u64,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "verdict: published {}, delivered {}, lost {}, leaked {}",
+            self.published, self.delivered, self.lost, self.leaked
+        )
+    }
+}
+
+/// What the demo remembers of an acknowledged alert, to judge deliveries.
+#[derive(Debug, Clone)]
+struct Sent {
+    origin: NodeId,
+    category: pb::Category,
+    tlp: pb::Tlp,
+    exercise: bool,
+    releasable_to: Vec<String>,
+    recipients: Vec<NodeId>,
+}
+
+/// A liaison office and what its feed wants.
+struct Office {
+    node: NodeId,
+    categories: Vec<pb::Category>,
+    include_exercise: bool,
+}
+
+impl Office {
+    /// The markings and the filter, restated (the demo runs without a
+    /// policy file, so every agreement is open).
+    fn should_receive(&self, s: &Sent) -> bool {
+        let v = &self.node;
+        let same_agency = s.origin.country() == v.country() && s.origin.agency() == v.agency();
+        let marking = match s.tlp {
+            pb::Tlp::Clear | pb::Tlp::Green => true,
+            pb::Tlp::Amber => {
+                same_agency
+                    || s.releasable_to.iter().any(|r| {
+                        *r == v.country().as_str()
+                            || *r == format!("{}:{}", v.country(), v.agency())
+                    })
+            }
+            pb::Tlp::AmberStrict => same_agency,
+            pb::Tlp::Red => s.origin == *v || s.recipients.contains(v),
+            pb::Tlp::Unspecified => false,
+        };
+        marking && self.categories.contains(&s.category) && (!s.exercise || self.include_exercise)
+    }
+}
+
+struct Post {
+    crossing: &'static Crossing,
+    node: NodeId,
+    url: String,
+    proxy: FlakyProxy,
+}
+
+/// Shared tallies; a std mutex, held for an insert.
+#[derive(Default)]
+struct Tally {
+    sent: HashMap<String, Sent>,
+    received: HashMap<usize, HashSet<String>>,
+}
+
+fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the simulated region; `say` receives the live summary lines.
+///
+/// # Errors
+/// When the region cannot be set up (ports, certificates, the store).
+pub async fn run(config: DemoConfig, say: impl Fn(String)) -> DemoResult<Verdict> {
+    let dir = std::env::temp_dir().join(format!(
+        "liaison-demo-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let result = region(&config, &dir, &say).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn region(config: &DemoConfig, dir: &Path, say: &impl Fn(String)) -> DemoResult<Verdict> {
+    let certs = dir.join("certs");
+    pki::init(&certs, &[], false)?;
+    let shutdown = CancellationToken::new();
+
+    // The national broker (one for the region, running open: markings apply).
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let broker_addr = listener.local_addr()?;
+    let broker_url = format!("https://{broker_addr}");
+    let mut serve = ServeConfig::new(
+        TlsFiles::in_dir(&certs, pki::BROKER_NAME),
+        dir.join("broker"),
+    );
+    serve.broker.retention.max_age = None;
+    serve.shutdown_grace = Duration::from_secs(2);
+    let broker = tokio::spawn(server::run(listener, serve, shutdown.clone()));
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let offices = start_offices(&certs, &broker_url, &tally, &shutdown).await?;
+    let chaos = CancellationToken::new();
+    let posts = start_posts(config, dir, &certs, broker_addr, &chaos, &shutdown).await?;
+    say(format!(
+        "demo: broker {broker_url}, {} posts behind flaky links, {} liaison offices, for {:?}",
+        posts.len(),
+        offices.len(),
+        config.duration
+    ));
+
+    publish_for(config, &posts, &offices, &tally, say).await;
+
+    // Restore every link, drain every outbox, let every feed catch up.
+    chaos.cancel();
+    for p in &posts {
+        p.proxy.set(Mode::Pass);
+    }
+    say("demo: publishing stopped; links restored; draining the posts' outboxes".into());
+    drain(&posts).await;
+    catch_up(&offices, &tally).await;
+    shutdown.cancel();
+    if let Ok(Err(e)) = broker.await {
+        say(format!("demo: the broker stopped with an error: {e}"));
+    }
+    judge(dir, &offices, &tally).await
+}
+
+async fn start_offices(
+    certs: &Path,
+    broker_url: &str,
+    tally: &Arc<Mutex<Tally>>,
+    shutdown: &CancellationToken,
+) -> DemoResult<Vec<Office>> {
+    const ALL: [pb::Category; 9] = [
+        pb::Category::Drugs,
+        pb::Category::Arms,
+        pb::Category::Cbrn,
+        pb::Category::Terrorism,
+        pb::Category::HumanSmuggling,
+        pb::Category::Migration,
+        pb::Category::DocumentFraud,
+        pb::Category::Health,
+        pb::Category::Other,
+    ];
+    let mut offices = Vec::new();
+    for (i, (cc, agency)) in AGENCIES.iter().enumerate() {
+        let node = NodeId::new(cc, agency, "liaison-office")?;
+        let name = format!("office-{}", cc.to_ascii_lowercase());
+        pki::issue_node(certs, &node, &name, 30, false)?;
+        let (categories, include_exercise) = {
+            let mut rng = rand::rng();
+            let n = rng.random_range(3..=6);
+            (
+                ALL.choose_multiple(&mut rng, n)
+                    .copied()
+                    .collect::<Vec<_>>(),
+                rng.random_bool(0.5),
+            )
+        };
+        let mut client = client::connect(broker_url, Some(&TlsFiles::in_dir(certs, &name))).await?;
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(pb::SubscribeRequest {
+            request: Some(pb::subscribe_request::Request::Open(pb::OpenFeed {
+                feed: "demo".into(),
+                filter: Some(pb::Filter {
+                    categories: categories.iter().map(|c| *c as i32).collect(),
+                    include_exercise,
+                    ..Default::default()
+                }),
+                start: Some(pb::StartPosition {
+                    position: Some(pb::start_position::Position::All(true)),
+                }),
+                max_in_flight: 256,
+                ack_wait: None,
+            })),
+        })
+        .await?;
+        let mut stream = client
+            .subscribe(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let (tally, shutdown) = (tally.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    m = stream.message() => m,
+                };
+                let Ok(Some(msg)) = msg else { return };
+                if let Some(pb::subscribe_response::Event::Delivery(d)) = msg.event {
+                    let Some(record) = d.record else { continue };
+                    if let Some(alert) = record.alert {
+                        lock(&tally).received.entry(i).or_default().insert(alert.id);
+                    }
+                    let ack = pb::SubscribeRequest {
+                        request: Some(pb::subscribe_request::Request::Ack(pb::Ack {
+                            seqs: vec![record.seq],
+                        })),
+                    };
+                    if tx.send(ack).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        offices.push(Office {
+            node,
+            categories,
+            include_exercise,
+        });
+    }
+    Ok(offices)
+}
+
+async fn start_posts(
+    config: &DemoConfig,
+    dir: &Path,
+    certs: &Path,
+    broker_addr: std::net::SocketAddr,
+    chaos: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> DemoResult<Vec<Post>> {
+    let mut posts = Vec::new();
+    for (cc, agency) in AGENCIES {
+        let crossings: Vec<&Crossing> = gazetteer::of(cc).collect();
+        for n in 0..config.posts_per_country {
+            let crossing = crossings[n % crossings.len()];
+            let node_name = match n / crossings.len() {
+                0 => crossing.node.to_owned(),
+                k => format!("{}-{k}", crossing.node),
+            };
+            let node = NodeId::new(cc, agency, &node_name)?;
+            let file = format!("post-{}-{node_name}", cc.to_ascii_lowercase());
+            pki::issue_node(certs, &node, &file, 30, false)?;
+            let proxy = FlakyProxy::start(broker_addr, Mode::Pass).await?;
+            proxy.chaos(
+                Duration::from_millis(200),
+                Duration::from_millis(1500),
+                chaos.clone(),
+            );
+            let mut agent_config = AgentConfig::new(
+                format!("https://{}", proxy.addr),
+                TlsFiles::in_dir(certs, &file),
+                dir.join("agents").join(&file),
+            );
+            agent_config.link.backoff_min = Duration::from_millis(100);
+            agent_config.link.backoff_max = Duration::from_secs(1);
+            agent_config.link.keepalive_interval = Duration::from_secs(1);
+            agent_config.link.keepalive_timeout = Duration::from_secs(1);
+            agent_config.link.ack_timeout = Duration::from_secs(3);
+            agent_config.broker.retention.max_age = None;
+            agent_config.shutdown_grace = Duration::from_secs(1);
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            tokio::spawn(agent::run(listener, agent_config, shutdown.clone()));
+            posts.push(Post {
+                crossing,
+                node,
+                url,
+                proxy,
+            });
+        }
+    }
+    Ok(posts)
+}
+
+/// A realistic alert from `post`.
+fn make_alert(post: &Post, offices: &[Office], rng: &mut impl Rng) -> (pb::Alert, Sent) {
+    use pb::Category as C;
+    let x = post.crossing;
+    let n: u32 = rng.random_range(2..60);
+    let mut choices = vec![
+        (
+            C::Drugs,
+            format!("{n} kg of heroin hidden in a lorry at {}", x.name),
+        ),
+        (C::Drugs, format!("Opium seizure near {}", x.name)),
+        (
+            C::Arms,
+            format!("Rifles and ammunition in transit cargo at {}", x.name),
+        ),
+        (
+            C::Cbrn,
+            format!("Radiation portal alarm on a lorry at {}", x.name),
+        ),
+        (
+            C::Terrorism,
+            format!("Suspected foreign terrorist fighter at {}", x.name),
+        ),
+        (
+            C::HumanSmuggling,
+            format!("{n} migrants found in a smuggler's van near {}", x.name),
+        ),
+        (
+            C::Migration,
+            format!("Group of {n} people waiting to cross at {}", x.name),
+        ),
+        (
+            C::DocumentFraud,
+            format!("Forged passports detected at {}", x.name),
+        ),
+        (
+            C::Health,
+            format!("Fever screening at {} after an outbreak report", x.name),
+        ),
+        (
+            C::Other,
+            format!("Unusual activity reported near {}", x.name),
+        ),
+    ];
+    let (category, headline) = choices.swap_remove(rng.random_range(0..choices.len()));
+    let tlp = *[
+        pb::Tlp::Clear,
+        pb::Tlp::Green,
+        pb::Tlp::Green,
+        pb::Tlp::Green,
+        pb::Tlp::Amber,
+        pb::Tlp::Amber,
+        pb::Tlp::Amber,
+        pb::Tlp::AmberStrict,
+        pb::Tlp::Red,
+    ]
+    .choose(rng)
+    .expect("non-empty");
+    let neighbour_office = offices
+        .iter()
+        .find(|o| o.node.country().as_str() == x.neighbour);
+    let releasable_to = if tlp == pb::Tlp::Amber {
+        vec![x.neighbour.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let recipients: Vec<NodeId> = match (tlp, neighbour_office) {
+        (pb::Tlp::Red, Some(o)) => vec![o.node.clone()],
+        (pb::Tlp::Red, None) => vec![post.node.clone()],
+        _ => Vec::new(),
+    };
+    let exercise = rng.random_bool(0.1);
+    let severity = *[
+        pb::Severity::Minor,
+        pb::Severity::Moderate,
+        pb::Severity::Severe,
+        pb::Severity::Extreme,
+    ]
+    .choose(rng)
+    .expect("non-empty");
+    let urgency = if severity == pb::Severity::Extreme {
+        pb::Urgency::Immediate
+    } else {
+        pb::Urgency::Expected
+    };
+    let alert = pb::Alert {
+        id: uuid::Uuid::now_v7().to_string(),
+        sent: Some(timestamp(SystemTime::now())),
+        status: if exercise {
+            pb::Status::Exercise
+        } else {
+            pb::Status::Actual
+        } as i32,
+        msg_type: pb::MsgType::Alert as i32,
+        category: category as i32,
+        urgency: urgency as i32,
+        severity: severity as i32,
+        certainty: pb::Certainty::Likely as i32,
+        headline,
+        language: "en".into(),
+        parameters: vec![pb::Parameter {
+            key: "count".into(),
+            value: Some(pb::parameter::Value::Integer(i64::from(n))),
+            unit: String::new(),
+        }],
+        area: Some(pb::Area {
+            crossing_point: x.code.into(),
+            border_sector: format!("{}-{}", x.country, x.neighbour),
+            circles: vec![pb::Circle {
+                center: Some(pb::Point {
+                    latitude: x.latitude,
+                    longitude: x.longitude,
+                }),
+                radius_km: 5.0,
+            }],
+            ..Default::default()
+        }),
+        marking: Some(pb::Marking {
+            tlp: tlp as i32,
+            releasable_to: releasable_to.clone(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+            handling_codes: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let sent = Sent {
+        origin: post.node.clone(),
+        category,
+        tlp,
+        exercise,
+        releasable_to,
+        recipients,
+    };
+    (alert, sent)
+}
+
+async fn publish_for(
+    config: &DemoConfig,
+    posts: &[Post],
+    offices: &[Office],
+    tally: &Arc<Mutex<Tally>>,
+    say: &impl Fn(String),
+) {
+    let mut clients = Vec::new();
+    for p in posts {
+        clients.push(client::connect(&p.url, None).await.ok());
+    }
+    let started = Instant::now();
+    let mut next_summary = started + config.summary_every;
+    let pause = Duration::from_secs_f64(1.0 / config.rate.max(0.1));
+    while started.elapsed() < config.duration {
+        let (i, alert, sent) = {
+            let mut rng = rand::rng();
+            let i = rng.random_range(0..posts.len());
+            let (alert, sent) = make_alert(&posts[i], offices, &mut rng);
+            (i, alert, sent)
+        };
+        if let Some(Some(client)) = clients.get_mut(i)
+            && let Ok(ack) = client
+                .publish(pb::PublishRequest { alert: Some(alert) })
+                .await
+        {
+            lock(tally).sent.insert(ack.into_inner().id, sent);
+        }
+        if Instant::now() >= next_summary {
+            next_summary += config.summary_every;
+            say(summary(posts, tally, started).await);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn summary(posts: &[Post], tally: &Arc<Mutex<Tally>>, started: Instant) -> String {
+    let (published, delivered) = {
+        let t = lock(tally);
+        (
+            t.sent.len(),
+            t.received.values().map(HashSet::len).sum::<usize>(),
+        )
+    };
+    let mut links = Vec::new();
+    for p in posts {
+        let s = status(&p.url).await;
+        let state = s
+            .as_ref()
+            .map_or("?", |s| match pb::LinkState::try_from(s.link_state) {
+                Ok(pb::LinkState::Up) => "up",
+                Ok(pb::LinkState::Down) => "DOWN",
+                Ok(pb::LinkState::Refused) => "REFUSED",
+                _ => "…",
+            });
+        let backlog = s.map_or(0, |s| s.outbox_depth);
+        links.push(format!("{}:{state}/{backlog}", p.node.node()));
+    }
+    format!(
+        "[{:>5.1}s] published {published}, delivered {delivered} | post:link/backlog {}",
+        started.elapsed().as_secs_f64(),
+        links.join(" ")
+    )
+}
+
+async fn status(url: &str) -> Option<pb::AgentStatusResponse> {
+    let channel = client::endpoint(url, None).ok()?.connect().await.ok()?;
+    pb::agent_client::AgentClient::new(channel)
+        .status(pb::AgentStatusRequest {})
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
+}
+
+/// Waits (bounded) until every post's outbox is empty.
+async fn drain(posts: &[Post]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in posts {
+        while Instant::now() < deadline {
+            if status(&p.url).await.is_some_and(|s| s.outbox_depth == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Waits (bounded) until every office received what it should.
+async fn catch_up(offices: &[Office], tally: &Arc<Mutex<Tally>>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let done = {
+            let t = lock(tally);
+            offices.iter().enumerate().all(|(i, o)| {
+                let got = t.received.get(&i);
+                t.sent
+                    .iter()
+                    .filter(|(_, s)| o.should_receive(s))
+                    .all(|(id, _)| got.is_some_and(|g| g.contains(id)))
+            })
+        };
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts what was lost and what leaked, reading the broker's store itself.
+async fn judge(dir: &Path, offices: &[Office], tally: &Arc<Mutex<Tally>>) -> DemoResult<Verdict> {
+    // The broker has stopped; its last tasks release the store promptly.
+    let path = PathBuf::from(dir).join("broker");
+    let mut attempts = 0;
+    let store = loop {
+        match Store::open(&path, StoreConfig::default()) {
+            Ok(store) => break store,
+            Err(_) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let t = lock(tally);
+    let mut lost = 0;
+    for id in t.sent.keys() {
+        let stored = id
+            .parse()
+            .ok()
+            .and_then(|id| store.get_by_id(&id).ok().flatten());
+        if stored.is_none() {
+            lost += 1;
+        }
+    }
+    let mut leaked = 0;
+    let mut delivered = 0;
+    for (i, office) in offices.iter().enumerate() {
+        let got = t.received.get(&i).cloned().unwrap_or_default();
+        delivered += got.len() as u64;
+        for (id, sent) in &t.sent {
+            let should = office.should_receive(sent);
+            match (should, got.contains(id)) {
+                (true, false) => lost += 1,
+                (false, true) => leaked += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(Verdict {
+        published: t.sent.len() as u64,
+        delivered,
+        lost,
+        leaked,
+    })
+}
