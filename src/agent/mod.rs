@@ -174,8 +174,14 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
     let max_message = config.broker.limits.max_alert_bytes * 2 + 64 * 1024;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| AgentError::Tls(TlsError::Config(format!("gRPC reflection: {e}"))))?;
     let router = Server::builder()
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             BrokerServer::new(BrokerService::new(broker, shutdown.child_token()))
                 .max_decoding_message_size(max_message)
