@@ -37,6 +37,7 @@ pub mod admin;
 pub mod agent;
 pub mod alert;
 pub mod audit;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     // The demo runs a whole region in one process: its links go up and down
     // on purpose, so only errors are logged unless RUST_LOG says otherwise.
-    let quiet = matches!(cli.command, liaison::cli::Command::Demo(_));
+    let quiet = matches!(
+        cli.command,
+        liaison::cli::Command::Demo(_) | liaison::cli::Command::Bench(_)
+    );
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "info" }));
     let builder = tracing_subscriber::fmt()

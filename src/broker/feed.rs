@@ -231,6 +231,7 @@ pub(super) async fn open(
             .map_or_else(|| micros(SystemTime::now()), |s| s.created_us),
         last_ack_us: stored.as_ref().map_or(0, |s| s.last_ack_us),
         live,
+        unaudited: Vec::new(),
         window,
         ack_wait: spec.ack_wait,
         next_read: floor.next(),
@@ -326,6 +327,8 @@ struct FeedTask {
     last_ack_us: u64,
     /// The admin view of this subscription (durable feeds only).
     live: Option<Arc<LiveFeed>>,
+    /// First deliveries not yet in the audit trail (seq, alert).
+    unaudited: Vec<(Seq, crate::alert::AlertId)>,
 }
 
 /// Why the loop stopped; `None` when the subscriber went away.
@@ -339,6 +342,7 @@ impl FeedTask {
                 break stop;
             }
         };
+        self.audit_deliveries().await;
         self.persist();
         self.set_connected(false);
         match end {
@@ -440,14 +444,7 @@ impl FeedTask {
                 })
                 .await?;
                 metrics::counter!(crate::metrics::DELIVERIES).increment(1);
-                let detail = format!("feed {}; seq {seq}", self.feed_label());
-                let event = AuditEvent::new(
-                    AuditKind::Delivered,
-                    self.owner.to_string(),
-                    Some(record.alert.id),
-                    detail,
-                );
-                self.store.audit(event).await;
+                self.unaudited.push((seq, record.alert.id));
                 self.in_flight.insert(
                     seq,
                     InFlight {
@@ -468,6 +465,7 @@ impl FeedTask {
             }
         }
         self.advance_floor();
+        self.audit_deliveries().await;
         // A catch-up over a long backlog that the filter mostly skips would
         // otherwise never yield to the runtime.
         tokio::task::yield_now().await;
@@ -526,6 +524,32 @@ impl FeedTask {
         }
     }
 
+    /// Records the first deliveries sent since the last call as one audit
+    /// record (one per read chunk, not one per alert: at high fan-out the
+    /// audit trail would otherwise double the writes of every delivery).
+    async fn audit_deliveries(&mut self) {
+        let (alert, detail) = match self.unaudited.as_slice() {
+            [] => return,
+            [(seq, id)] => (Some(*id), format!("feed {}; seq {seq}", self.feed_label())),
+            many => {
+                let list: Vec<String> =
+                    many.iter().map(|(seq, id)| format!("{seq}:{id}")).collect();
+                (
+                    None,
+                    format!(
+                        "feed {}; {} alerts (seq:id) {}",
+                        self.feed_label(),
+                        many.len(),
+                        list.join(" ")
+                    ),
+                )
+            }
+        };
+        self.unaudited.clear();
+        let event = AuditEvent::new(AuditKind::Delivered, self.owner.to_string(), alert, detail);
+        self.store.audit(event).await;
+    }
+
     fn feed_label(&self) -> &str {
         self.name.as_deref().unwrap_or("(ephemeral)")
     }
@@ -534,23 +558,24 @@ impl FeedTask {
     /// and becomes a DELIVERED receipt for the originator.
     async fn ack(&mut self, seqs: &[u64]) {
         let mut changed = false;
+        let mut receipts = Vec::new();
         for seq in seqs.iter().map(|s| Seq(*s)) {
             if let Some(delivered) = self.in_flight.remove(&seq) {
                 self.acked.insert(seq);
                 changed = true;
                 metrics::counter!(crate::metrics::ACKS).increment(1);
                 self.last_ack_us = micros(SystemTime::now());
-                let receipt = Receipt {
+                receipts.push(Receipt {
                     alert: delivered.record.alert.id,
                     kind: ReceiptKind::Delivered,
                     recipient: self.owner.clone(),
                     feed: self.name.clone().unwrap_or_default(),
                     at: SystemTime::now(),
                     note: String::new(),
-                };
-                self.store.record_receipt_nowait(receipt).await;
+                });
             }
         }
+        self.store.record_receipts_nowait(receipts).await;
         if changed {
             self.advance_floor();
             self.persist();

@@ -1,153 +1,158 @@
-//! `liaison bench`: a load generator to run against a deployment. Publishes
-//! alerts of a given size with a fixed number in flight and reports the
-//! acknowledged (durable) rate and latency percentiles from an HDR histogram.
+//! `liaison bench WORKLOAD`: runs one of the load generators of
+//! [`crate::bench`] and prints its report (or one JSON object).
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
-use clap::Args;
-use hdrhistogram::Histogram;
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
-use tokio::sync::Mutex;
 
-use super::alert_args::AlertArgs;
-use super::client_cmds::status_error;
 use super::conn::ConnArgs;
-use crate::proto as pb;
+use crate::bench::{self, Target};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable publishes with W in flight; rate and acknowledgement latency.
+    Publish {
+        #[command(flatten)]
+        common: Common,
+        /// Publishes in flight at once (1 = one after the other).
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Seconds to measure (after a one-second warm-up).
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Use one PublishStream instead of unary calls.
+        #[arg(long, conflicts_with = "unary")]
+        stream: bool,
+        /// Use unary Publish calls (the default).
+        #[arg(long)]
+        unary: bool,
+    },
+    /// Publish → feed delivery latency at a fixed rate.
+    E2e {
+        #[command(flatten)]
+        common: Common,
+        /// Alerts per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// One publisher, K durable feeds each receiving everything.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        feeds: usize,
+        /// Alerts published.
+        #[arg(long, default_value_t = 2000)]
+        count: u64,
+    },
+    /// An agent holding N queued alerts: time from link-up to all
+    /// acknowledged upstream (local only).
+    Drain {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+    },
+    /// A broker holding N alerts is restarted: time until it serves again
+    /// (local only).
+    Restart {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+    },
+}
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub conn: ConnArgs,
-    /// Alerts to publish (after the warm-up).
-    #[arg(long, default_value_t = 20_000)]
-    pub count: u64,
-    /// Publishes in flight at once (1 = one after the other).
-    #[arg(long, default_value_t = 64)]
-    pub in_flight: u64,
+pub struct Common {
+    /// Target a deployment instead of a broker started here (publish, e2e
+    /// and fanout), with a node certificate (--certs D --name N).
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// PKI directory of the node certificate (with --broker).
+    #[arg(long)]
+    pub certs: Option<std::path::PathBuf>,
+    /// Node name inside --certs.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Approximate encoded size of each alert in bytes.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
-    /// Alerts published first and not measured.
-    #[arg(long, default_value_t = 1000)]
-    pub warmup: u64,
-    /// Print one JSON object with the results instead of a report.
+    /// Print one JSON object instead of a report.
     #[arg(long)]
     pub json: bool,
 }
 
-fn bench_alert(size: usize) -> Result<pb::Alert> {
-    let args = AlertArgs {
-        category: Some("other".into()),
-        headline: Some("liaison bench".into()),
-        status: "test".into(),
-        msg_type: "alert".into(),
-        severity: "minor".into(),
-        urgency: "unknown".into(),
-        certainty: "unknown".into(),
-        tlp: "green".into(),
-        ..AlertArgs::default()
-    };
-    let mut alert = args.to_alert()?;
-    let base = prost::Message::encoded_len(&alert);
-    alert.description = "x".repeat(size.saturating_sub(base + 3));
-    Ok(alert)
+async fn target(common: &Common) -> Result<Target> {
+    match &common.broker {
+        Some(url) => {
+            let conn = ConnArgs {
+                broker: url.clone(),
+                certs: common.certs.clone(),
+                name: common.name.clone(),
+                ca: None,
+                cert: None,
+                key: None,
+            };
+            Ok(Target::remote(url.clone(), conn.tls_files()?))
+        }
+        None => Target::local()
+            .await
+            .map_err(|e| anyhow!("cannot start a local broker: {e}")),
+    }
 }
 
-pub async fn run(args: BenchArgs) -> Result<ExitCode> {
-    if args.in_flight == 0 || args.count == 0 {
-        bail!("--count and --in-flight must be at least 1");
+/// A spinner with the elapsed time while the workload runs (hidden with --json).
+fn progress(common: &Common, what: &str) -> ProgressBar {
+    if common.json {
+        return ProgressBar::hidden();
     }
-    let template = bench_alert(args.size)?;
-    let client = args.conn.connect().await?;
-    let total = args.warmup + args.count;
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total)
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    let common = match &cmd {
+        BenchCommand::Publish { common, .. }
+        | BenchCommand::E2e { common, .. }
+        | BenchCommand::Fanout { common, .. }
+        | BenchCommand::Drain { common, .. }
+        | BenchCommand::Restart { common, .. } => common,
     };
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} {per_sec} eta {eta}",
-    )?);
-    let started = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let mut workers = Vec::new();
-    for _ in 0..args.in_flight {
-        let (mut client, next, hist, bar, template, started) = (
-            client.clone(),
-            next.clone(),
-            hist.clone(),
-            bar.clone(),
-            template.clone(),
-            started.clone(),
-        );
-        let warmup = args.warmup;
-        workers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= total {
-                    break;
-                }
-                if n == warmup {
-                    let _ = started.set(Instant::now());
-                }
-                let mut alert = template.clone();
-                alert.id = uuid::Uuid::now_v7().to_string();
-                let t = Instant::now();
-                client
-                    .publish(pb::PublishRequest { alert: Some(alert) })
-                    .await
-                    .map_err(status_error)?;
-                if n >= warmup {
-                    local.record(t.elapsed().as_micros().max(1) as u64)?;
-                }
-                bar.inc(1);
-            }
-            hist.lock().await.add(&local)?;
-            anyhow::Ok(())
-        }));
-    }
-    for w in workers {
-        w.await??;
-    }
-    let elapsed = started.get().map_or(Duration::ZERO, Instant::elapsed);
+    let mut target = target(common).await?;
+    let bar = progress(common, &format!("running against {}", target.url));
+    let size = common.size;
+    let result = match &cmd {
+        BenchCommand::Publish {
+            window,
+            secs,
+            stream,
+            ..
+        } => bench::publish(&target, *window, size, *secs, *stream).await,
+        BenchCommand::E2e { rate, secs, .. } => bench::e2e(&target, *rate, size, *secs).await,
+        BenchCommand::Fanout { feeds, count, .. } => {
+            bench::fanout(&target, *feeds, *count, size).await
+        }
+        BenchCommand::Drain { count, .. } => bench::drain(&mut target, *count, size).await,
+        BenchCommand::Restart { count, .. } => bench::restart(&mut target, *count, size).await,
+    };
     bar.finish_and_clear();
-    let h = hist.lock().await;
-    let rate = h.len() as f64 / elapsed.as_secs_f64().max(1e-9);
-    let q = |p: f64| h.value_at_quantile(p);
-    let report = json!({
-        "workload": "publish",
-        "broker": args.conn.broker,
-        "count": args.count,
-        "in_flight": args.in_flight,
-        "size": args.size,
-        "msgs_per_s": rate.round(),
-        "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": h.max(),
-        "elapsed_s": elapsed.as_secs_f64(),
-    });
-    if args.json {
-        println!("{report}");
+    target.finish().await;
+    let report = result.map_err(|e| anyhow!("the workload failed: {e}"))?;
+    if common.json {
+        println!("{}", report.json());
     } else {
-        println!(
-            "publish: {} alerts of ~{} B, {} in flight: {:.0} acknowledged alerts/s\n\
-             latency p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-            args.count,
-            args.size,
-            args.in_flight,
-            rate,
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            h.max()
-        );
+        println!("{}", report.text());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use alert_args::AlertArgs;
-pub use bench::BenchArgs;
 pub use client_cmds::{FilterArgs, GetArgs, HistoryArgs, PublishArgs, SubscribeArgs};
 pub use conn::ConnArgs;
 pub use serve::ServeArgs;
@@ -89,7 +88,8 @@ pub enum Command {
     /// lost N, leaked N` (exit status 0 only when nothing was lost or leaked).
     Demo(DemoArgs),
     /// Measure publish throughput and latency against a broker.
-    Bench(BenchArgs),
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, clap::Args)]

@@ -67,36 +67,66 @@ impl Chain {
 
 /// Stages a receipt unless one exists already; true when it is new
 /// (writer thread).
-pub fn stage_receipt(
+/// Stages the receipts that do not exist yet, and one audit record per
+/// (kind, recipient, feed) among them (writer thread).
+pub fn stage_receipts(
     log: &sled::Tree,
     staged: &mut Staged,
     chain: &mut Chain,
-    r: &Receipt,
-) -> Result<bool, StoreError> {
-    let key = keys::receipt(&r.alert, r.kind.code(), &r.recipient.to_string(), &r.feed);
-    if staged.receipts.contains(&key) || log.contains_key(&key)? {
-        return Ok(false);
+    receipts: &[Receipt],
+) -> Result<(), StoreError> {
+    let mut fresh: Vec<&Receipt> = Vec::new();
+    for r in receipts {
+        let key = keys::receipt(&r.alert, r.kind.code(), &r.recipient.to_string(), &r.feed);
+        if staged.receipts.contains(&key) || log.contains_key(&key)? {
+            continue;
+        }
+        let value = StoredReceipt {
+            time_us: micros(r.at),
+            note: r.note.clone(),
+        };
+        staged.batch.insert(key.as_slice(), value.encode_to_vec());
+        staged.receipts.insert(key);
+        fresh.push(r);
     }
-    let value = StoredReceipt {
-        time_us: micros(r.at),
-        note: r.note.clone(),
-    };
-    staged.batch.insert(key.as_slice(), value.encode_to_vec());
-    staged.receipts.insert(key);
-    let detail = match r.kind {
-        ReceiptKind::Delivered => format!("delivered; feed {}", feed_name(&r.feed)),
-        ReceiptKind::Acknowledged => format!("acknowledged; note {:?}", r.note),
-    };
-    chain.stage(
-        staged,
-        &AuditEvent::new(
-            AuditKind::Receipt,
-            r.recipient.to_string(),
-            Some(r.alert),
-            detail,
-        ),
-    );
-    Ok(true)
+    // Receipts of one acknowledgement share kind, recipient and feed.
+    let mut groups: Vec<Vec<&Receipt>> = Vec::new();
+    for r in fresh {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].kind == r.kind && g[0].recipient == r.recipient && g[0].feed == r.feed)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    for group in groups {
+        let first = group[0];
+        let what = match first.kind {
+            ReceiptKind::Delivered => format!("delivered; feed {}", feed_name(&first.feed)),
+            ReceiptKind::Acknowledged => format!("acknowledged; note {:?}", first.note),
+        };
+        let (alert, detail) = match group.as_slice() {
+            [one] => (Some(one.alert), what),
+            many => {
+                let ids: Vec<String> = many.iter().map(|r| r.alert.to_string()).collect();
+                (
+                    None,
+                    format!("{what}; {} alerts {}", many.len(), ids.join(" ")),
+                )
+            }
+        };
+        chain.stage(
+            staged,
+            &AuditEvent::new(
+                AuditKind::Receipt,
+                first.recipient.to_string(),
+                alert,
+                detail,
+            ),
+        );
+    }
+    Ok(())
 }
 
 pub fn feed_name(feed: &str) -> &str {
@@ -124,8 +154,11 @@ impl Store {
             receipt.recipient.clone(),
             receipt.feed.clone(),
         );
-        self.call(|reply| Command::Receipt { receipt, reply })
-            .await?;
+        self.call(|reply| Command::Receipt {
+            receipts: vec![receipt],
+            reply,
+        })
+        .await?;
         let key = keys::receipt(&alert, kind.code(), &recipient.to_string(), &feed);
         match self.inner.log.get(&key)? {
             Some(v) => decode_receipt(&key, &v),
@@ -133,13 +166,16 @@ impl Store {
         }
     }
 
-    /// Records a receipt without waiting for the disk (a feed's ack path).
-    pub async fn record_receipt_nowait(&self, receipt: Receipt) {
+    /// Records receipts without waiting for the disk (a feed's ack path).
+    pub async fn record_receipts_nowait(&self, receipts: Vec<Receipt>) {
+        if receipts.is_empty() {
+            return;
+        }
         let (reply, _) = tokio::sync::oneshot::channel();
         let _ = self
             .inner
             .writer
-            .send(Command::Receipt { receipt, reply })
+            .send(Command::Receipt { receipts, reply })
             .await;
     }
 

@@ -72,7 +72,7 @@ pub enum Command {
         event: AuditEvent,
     },
     Receipt {
-        receipt: Receipt,
+        receipts: Vec<Receipt>,
         reply: Reply<()>,
     },
     Prune {
@@ -300,10 +300,9 @@ impl Writer {
                     done.push((reply, result));
                 }
                 Command::Audit { event } => self.chain.stage(&mut staged, &event),
-                Command::Receipt { receipt, reply } => {
+                Command::Receipt { receipts, reply } => {
                     let result =
-                        journal::stage_receipt(&self.log, &mut staged, &mut self.chain, &receipt)
-                            .map(drop);
+                        journal::stage_receipts(&self.log, &mut staged, &mut self.chain, &receipts);
                     done.push((reply, result));
                 }
                 Command::Prune {
