@@ -21,7 +21,7 @@ use crate::store::StoreError;
 use crate::tls::Peer;
 
 /// How many acknowledgements one PublishStream may await at once.
-const STREAM_PIPELINE: usize = 512;
+const STREAM_PIPELINE: usize = 2048;
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {

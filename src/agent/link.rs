@@ -36,7 +36,7 @@ impl Default for LinkConfig {
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
-            window: 256,
+            window: 1024,
         }
     }
 }
