@@ -568,3 +568,29 @@ fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
     assert!(published > 50, "{last}");
     assert!(stdout.contains("published"), "a live summary was printed");
 }
+
+#[test]
+fn every_bench_workload_runs_and_reports_json() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let runs: [&[&str]; 6] = [
+        &["bench", "publish", "--window", "4", "--secs", "1", "--json"],
+        &[
+            "bench", "publish", "--window", "4", "--secs", "1", "--stream", "--json",
+        ],
+        &["bench", "e2e", "--rate", "200", "--secs", "1", "--json"],
+        &["bench", "fanout", "--feeds", "3", "--count", "50", "--json"],
+        &["bench", "drain", "--count", "300", "--json"],
+        &["bench", "restart", "--count", "300", "--json"],
+    ];
+    for args in runs {
+        let out = ok(liaison(args, dir.path()));
+        let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        for key in ["workload", "msgs_per_s", "p50_us", "p99_us", "count"] {
+            assert!(report.get(key).is_some(), "{args:?}: no {key} in {report}");
+        }
+        assert!(
+            report["count"].as_u64().unwrap_or(0) > 0,
+            "{args:?}: {report}"
+        );
+    }
+}
