@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `a` seq:u64 | prost `AlertRecord` |
 //! | `i` id:[u8;16] | seq:u64, received_at_us:u64 |
-//! | `t` received_at_us:u64 seq:u64 | empty |
+//! | `t` received_at_us:u64 seq:u64 | empty — no longer written (times are found by binary search over `a`); removed by retention where old stores have it |
 //! | `o` class:u8 seq:u64 | encoded size:u64 — the agent's outbox (class 0 = priority, 1 = routine) |
 //! | `z` seq:u64 | audit record (hash-chained) |
 //! | `r` id:[u8;16] kind:u8 recipient-urn 0x00 feed | receipt (time, note) |
@@ -119,15 +119,6 @@ pub fn time(received_us: u64, seq: Seq) -> [u8; 17] {
     k
 }
 
-pub fn time_seq(key: &[u8]) -> Option<Seq> {
-    match key {
-        [TIME, rest @ ..] if rest.len() == 16 => {
-            Some(Seq(u64::from_be_bytes(rest[8..].try_into().ok()?)))
-        }
-        _ => None,
-    }
-}
-
 pub fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
@@ -166,7 +157,6 @@ mod tests {
     fn time_keys_sort_by_time_then_seq() {
         assert!(time(1, Seq(9)) < time(2, Seq(1)));
         assert!(time(2, Seq(1)) < time(2, Seq(2)));
-        assert_eq!(time_seq(&time(77, Seq(5))), Some(Seq(5)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
+use crate::alert::{Alert, AlertId, Record, Seq, from_micros};
 use crate::proto as pb;
 pub use outbox::{OutboxLimits, OutboxStats, Outcome};
 use recent::Recent;
@@ -351,12 +351,33 @@ impl Store {
     /// # Errors
     /// On a storage failure.
     pub fn seq_at_time(&self, t: SystemTime) -> Result<Seq, StoreError> {
-        let from = keys::time(micros(t), Seq(0));
-        let to = keys::time(u64::MAX, Seq(u64::MAX));
-        match self.inner.log.range(from..to).next().transpose()? {
-            Some((k, _)) => keys::time_seq(&k).ok_or_else(|| corrupt("time key", format!("{k:?}"))),
-            None => Ok(self.head().next()),
+        // Receive times never decrease with the sequence and retention only
+        // removes from the oldest end, so the retained records are a sorted,
+        // gap-free run: a binary search needs no time index (one insert per
+        // alert fewer on the hot path).
+        let head = self.head();
+        let Some(first) = self.first_seq()? else {
+            return Ok(head.next());
+        };
+        let (mut lo, mut hi) = (first.0, head.0 + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self
+                .get(Seq(mid))?
+                .ok_or_else(|| {
+                    corrupt(
+                        "alert",
+                        format!("seq {mid} missing inside the retained run"),
+                    )
+                })?
+                .received_at;
+            if at < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
         }
+        Ok(Seq(lo))
     }
 
     /// Loads the state of a durable feed.

@@ -314,6 +314,7 @@ impl Writer {
                 Command::Stop { done } => stop = Some(done),
             }
         }
+        self.audit_published(&mut staged);
         self.state.meta.save(&saved.0, &mut staged.batch);
         metrics::histogram!(crate::metrics::COMMIT_BATCH).record(commands as f64);
         let started = std::time::Instant::now();
@@ -430,7 +431,6 @@ impl Writer {
         staged
             .batch
             .insert(&keys::id(&record.alert.id), &keys::id_value(seq, us));
-        staged.batch.insert(&keys::time(us, seq), &[]);
         self.state.meta.next_seq = seq.next();
         self.state.last_received_us = us;
         self.state.meta.bytes += size;
@@ -439,20 +439,43 @@ impl Writer {
             received_at: record.received_at,
             duplicate: false,
         };
-        self.chain.stage(
-            staged,
-            &AuditEvent::new(
-                AuditKind::Published,
-                record.alert.origin.to_string(),
-                Some(record.alert.id),
-                format!("seq {seq}"),
-            ),
-        );
         staged
             .ids
             .insert(record.alert.id, (appended, staged.records.len()));
         staged.records.push((Arc::new(record), size as usize));
         Ok(appended)
+    }
+
+    /// One `published` audit record per origin for the alerts this group
+    /// accepts, in the same batch as the alerts (an alert is never accepted
+    /// without its record; a record per alert would double the writes).
+    fn audit_published(&mut self, staged: &mut Staged) {
+        let mut by_origin: Vec<(String, Vec<(Seq, AlertId)>)> = Vec::new();
+        for (record, _) in &staged.records {
+            let origin = record.alert.origin.to_string();
+            let entry = (record.seq, record.alert.id);
+            match by_origin.iter_mut().find(|(o, _)| *o == origin) {
+                Some((_, list)) => list.push(entry),
+                None => by_origin.push((origin, vec![entry])),
+            }
+        }
+        for (origin, list) in by_origin {
+            let (alert, detail) = match list.as_slice() {
+                [(seq, id)] => (Some(*id), format!("seq {seq}")),
+                many => {
+                    let items: Vec<String> =
+                        many.iter().map(|(seq, id)| format!("{seq}:{id}")).collect();
+                    (
+                        None,
+                        format!("{} alerts (seq:id) {}", many.len(), items.join(" ")),
+                    )
+                }
+            };
+            self.chain.stage(
+                staged,
+                &AuditEvent::new(AuditKind::Published, origin, alert, detail),
+            );
+        }
     }
 
     /// Makes the counters visible to readers (`Store::meta`).
@@ -515,6 +538,7 @@ impl Writer {
             }
             batch.remove(&k);
             batch.remove(&keys::id(&record.alert.id));
+            // Stores written before the time index was dropped still hold one.
             batch.remove(&keys::time(us, seq));
             pruned.alerts += 1;
             pruned.bytes += v.len() as u64;
