@@ -172,40 +172,13 @@ pub async fn e2e(target: &Target, rate: u64, size: usize, secs: u64) -> BenchRes
         .into_inner();
     deliveries.message().await?; // opened
     let total = rate.max(1) * secs;
-    let receiver = tokio::spawn(async move {
-        let mut hist = histogram();
-        let mut got = 0u64;
-        while got < total {
-            let Ok(Some(msg)) =
-                tokio::time::timeout(Duration::from_secs(30), deliveries.message()).await?
-            else {
-                break;
-            };
-            let Some(pb::subscribe_response::Event::Delivery(d)) = msg.event else {
-                continue;
-            };
-            let Some(record) = d.record else { continue };
-            if let Some(sent) = record
-                .alert
-                .as_ref()
-                .and_then(|a| a.sent.as_ref())
-                .and_then(system_time)
-                && let Ok(latency) = SystemTime::now().duration_since(sent)
-            {
-                hist.record(micros(latency))?;
-            }
-            got += 1;
-            let ack = pb::SubscribeRequest {
-                request: Some(pb::subscribe_request::Request::Ack(pb::Ack {
-                    seqs: vec![record.seq],
-                })),
-            };
-            if ack_tx.send(ack).await.is_err() {
-                break;
-            }
-        }
-        BenchResult::Ok((got, hist))
-    });
+    let receiver = tokio::spawn(receive(
+        deliveries,
+        ack_tx,
+        total,
+        1,
+        Duration::from_secs(30),
+    ));
     let mut publisher = target.client("bench-publisher").await?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -234,6 +207,51 @@ pub async fn e2e(target: &Target, rate: u64, size: usize, secs: u64) -> BenchRes
         json!(acks.value_at_quantile(0.99)),
     );
     Ok(report)
+}
+
+/// Takes `total` deliveries from a feed (or stops after `patience` without
+/// one), recording publish → delivery latency, acknowledging every
+/// `ack_every` deliveries.
+async fn receive(
+    mut stream: tonic::Streaming<pb::SubscribeResponse>,
+    acks: mpsc::Sender<pb::SubscribeRequest>,
+    total: u64,
+    ack_every: usize,
+    patience: Duration,
+) -> BenchResult<(u64, hdrhistogram::Histogram<u64>)> {
+    let mut hist = histogram();
+    let mut got = 0u64;
+    let mut pending = Vec::new();
+    while got < total {
+        let Ok(Some(msg)) = tokio::time::timeout(patience, stream.message()).await? else {
+            break;
+        };
+        let Some(pb::subscribe_response::Event::Delivery(d)) = msg.event else {
+            continue;
+        };
+        let Some(record) = d.record else { continue };
+        if let Some(sent) = record
+            .alert
+            .as_ref()
+            .and_then(|a| a.sent.as_ref())
+            .and_then(system_time)
+            && let Ok(latency) = SystemTime::now().duration_since(sent)
+        {
+            hist.record(micros(latency))?;
+        }
+        got += 1;
+        pending.push(record.seq);
+        if pending.len() >= ack_every || got == total {
+            let seqs = std::mem::take(&mut pending);
+            let ack = pb::SubscribeRequest {
+                request: Some(pb::subscribe_request::Request::Ack(pb::Ack { seqs })),
+            };
+            if acks.send(ack).await.is_err() {
+                break;
+            }
+        }
+    }
+    Ok((got, hist))
 }
 
 fn open_request(feed: &str, window: u32, from_start: bool) -> pb::SubscribeRequest {
@@ -287,42 +305,9 @@ pub async fn fanout(target: &Target, feeds: usize, count: u64, size: usize) -> B
             .into_inner();
         stream.message().await?; // opened
         receivers.push(tokio::spawn(async move {
-            let mut hist = histogram();
-            let mut got = 0u64;
-            let mut pending = Vec::new();
-            while got < count {
-                let Ok(Some(msg)) =
-                    tokio::time::timeout(Duration::from_secs(60), stream.message()).await?
-                else {
-                    break;
-                };
-                let Some(pb::subscribe_response::Event::Delivery(d)) = msg.event else {
-                    continue;
-                };
-                let Some(record) = d.record else { continue };
-                if let Some(sent) = record
-                    .alert
-                    .as_ref()
-                    .and_then(|a| a.sent.as_ref())
-                    .and_then(system_time)
-                    && let Ok(latency) = SystemTime::now().duration_since(sent)
-                {
-                    hist.record(micros(latency))?;
-                }
-                got += 1;
-                pending.push(record.seq);
-                if pending.len() >= 64 || got == count {
-                    let seqs = std::mem::take(&mut pending);
-                    let ack = pb::SubscribeRequest {
-                        request: Some(pb::subscribe_request::Request::Ack(pb::Ack { seqs })),
-                    };
-                    if ack_tx.send(ack).await.is_err() {
-                        break;
-                    }
-                }
-            }
+            let received = receive(stream, ack_tx, count, 64, Duration::from_secs(60)).await;
             drop(client);
-            BenchResult::Ok((got, hist))
+            received
         }));
     }
     let started = Instant::now();
