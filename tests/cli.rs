@@ -572,7 +572,8 @@ fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
 #[test]
 fn every_bench_workload_runs_and_reports_json() {
     let dir = tempfile::tempdir().expect("tmp");
-    let runs: [&[&str]; 6] = [
+    let runs: [&[&str]; 7] = [
+        &["bench", "idle", "--feeds", "150", "--json"],
         &["bench", "publish", "--window", "4", "--secs", "1", "--json"],
         &[
             "bench", "publish", "--window", "4", "--secs", "1", "--stream", "--json",

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub use workloads::{drain, e2e, fanout, publish, restart};
+pub use workloads::{drain, e2e, fanout, idle, publish, restart};
 
 use crate::alert::timestamp;
 use crate::client;

@@ -445,3 +445,62 @@ pub async fn restart(target: &mut Target, count: u64, size: usize) -> BenchResul
     );
     Ok(report)
 }
+
+/// Resident memory of this process in bytes (Linux), if known.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Idle feeds: opens `feeds` durable subscriptions (100 per connection) on a
+/// local broker and reports the growth of resident memory per feed. Client
+/// and broker share the process, so the figure includes both sides: an
+/// upper bound for the broker's share.
+///
+/// # Errors
+/// When the broker cannot be reached.
+pub async fn idle(target: &Target, feeds: usize) -> BenchResult<Report> {
+    const PER_CONNECTION: usize = 100;
+    let mut report = Report::new("idle", json!({"feeds": feeds}));
+    let before = resident_bytes().ok_or("resident memory is only measured on Linux")?;
+    let started = Instant::now();
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let mut held = Vec::new();
+    for c in 0..feeds.div_ceil(PER_CONNECTION) {
+        let client = target.client(&format!("bench-idle-{c}")).await?;
+        for i in 0..PER_CONNECTION.min(feeds - c * PER_CONNECTION) {
+            let mut client = client.clone();
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(open_request(&format!("idle-{}-{i}", &run[..12]), 64, false))
+                .await
+                .map_err(|_| "subscriber closed")?;
+            let mut stream = client
+                .subscribe(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            stream.message().await?; // opened: the broker holds the feed now
+            held.push((tx, stream));
+        }
+    }
+    let after = resident_bytes().unwrap_or(before);
+    report.count = feeds as u64;
+    report.elapsed = started.elapsed();
+    let per_feed = after.saturating_sub(before) / feeds.max(1) as u64;
+    report
+        .extra
+        .insert("rss_before_bytes".into(), json!(before));
+    report.extra.insert("rss_after_bytes".into(), json!(after));
+    report
+        .extra
+        .insert("bytes_per_feed".into(), json!(per_feed));
+    drop(held);
+    Ok(report)
+}

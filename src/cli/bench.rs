@@ -58,6 +58,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         count: u64,
     },
+    /// K idle durable feeds: resident memory per feed (local only; client
+    /// and broker in one process, so an upper bound).
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        feeds: usize,
+    },
     /// A broker holding N alerts is restarted: time until it serves again
     /// (local only).
     Restart {
@@ -127,6 +135,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         | BenchCommand::E2e { common, .. }
         | BenchCommand::Fanout { common, .. }
         | BenchCommand::Drain { common, .. }
+        | BenchCommand::Idle { common, .. }
         | BenchCommand::Restart { common, .. } => common,
     };
     let mut target = target(common).await?;
@@ -145,6 +154,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         BenchCommand::Drain { count, .. } => bench::drain(&mut target, *count, size).await,
         BenchCommand::Restart { count, .. } => bench::restart(&mut target, *count, size).await,
+        BenchCommand::Idle { feeds, .. } => bench::idle(&target, *feeds).await,
     };
     bar.finish_and_clear();
     target.finish().await;
