@@ -149,19 +149,29 @@ pub struct Broken {
 ///
 /// # Errors
 /// The first broken record: altered content, a wrong link, or a gap.
-pub fn verify(records: impl IntoIterator<Item = AuditRecord>) -> Result<(u64, Vec<u8>), Broken> {
+pub fn verify(
+    records: impl IntoIterator<Item = (u64, Option<AuditRecord>)>,
+) -> Result<(u64, Vec<u8>), Broken> {
     let mut prev: Vec<u8> = Vec::new();
     let mut count = 0;
-    for (expected_seq, r) in (1..).zip(records) {
-        let broken = |reason: &str| Broken {
-            seq: r.seq,
-            reason: reason.to_owned(),
-        };
-        if r.seq != expected_seq {
+    for (expected_seq, (key, record)) in (1..).zip(records) {
+        if key != expected_seq {
             return Err(Broken {
                 seq: expected_seq,
-                reason: format!("missing: the next record found is {}", r.seq),
+                reason: format!("missing: the next record found is {key}"),
             });
+        }
+        let broken = |reason: &str| Broken {
+            seq: key,
+            reason: reason.to_owned(),
+        };
+        let Some(r) = record else {
+            return Err(broken("it cannot be decoded (altered)"));
+        };
+        if r.seq != key {
+            return Err(broken(
+                "its sequence number does not match its place (altered)",
+            ));
         }
         if r.prev_hash != prev {
             return Err(broken("it does not link to the record before it"));
@@ -178,6 +188,10 @@ pub fn verify(records: impl IntoIterator<Item = AuditRecord>) -> Result<(u64, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keyed(records: Vec<AuditRecord>) -> Vec<(u64, Option<AuditRecord>)> {
+        records.into_iter().map(|r| (r.seq, Some(r))).collect()
+    }
 
     fn chain(n: u64) -> Vec<AuditRecord> {
         let mut prev = Vec::new();
@@ -198,26 +212,35 @@ mod tests {
 
     #[test]
     fn an_intact_chain_verifies() {
-        assert_eq!(verify(chain(5)).map(|(n, _)| n), Ok(5));
+        assert_eq!(verify(keyed(chain(5))).map(|(n, _)| n), Ok(5));
     }
 
     #[test]
     fn altering_removing_or_relinking_a_record_is_detected_at_that_record() {
         let mut altered = chain(5);
         altered[2].detail = "nothing to see".into();
-        assert_eq!(verify(altered).unwrap_err().seq, 3);
+        assert_eq!(verify(keyed(altered)).unwrap_err().seq, 3);
 
         let mut removed = chain(5);
         removed.remove(3);
-        assert_eq!(verify(removed).unwrap_err().seq, 4);
+        assert_eq!(verify(keyed(removed)).unwrap_err().seq, 4);
 
         let mut rehashed = chain(5);
         rehashed[1].detail = "forged".into();
         rehashed[1].hash = rehashed[1].compute_hash();
         assert_eq!(
-            verify(rehashed).unwrap_err().seq,
+            verify(keyed(rehashed)).unwrap_err().seq,
             3,
             "the next record no longer links"
         );
+
+        let mut renumbered = keyed(chain(5));
+        if let Some(r) = renumbered[4].1.as_mut() {
+            r.seq = 1;
+        }
+        assert_eq!(verify(renumbered).unwrap_err().seq, 5);
+        let mut garbled = keyed(chain(5));
+        garbled[1].1 = None;
+        assert_eq!(verify(garbled).unwrap_err().seq, 2);
     }
 }

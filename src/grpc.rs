@@ -200,6 +200,7 @@ impl BrokerApi for BrokerService {
             FeedEvent::Ended(FeedEnd::ShuttingDown) => {
                 Err(Status::unavailable("the broker is shutting down"))
             }
+            FeedEvent::Ended(FeedEnd::Denied(reason)) => Err(Status::permission_denied(reason)),
             FeedEvent::Ended(FeedEnd::Failed(e)) => Err(Status::internal(e)),
         });
         let stream = futures::stream::once(async move { Ok(opened) }).chain(events);

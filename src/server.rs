@@ -131,9 +131,14 @@ pub async fn run(
         tasks.spawn(watch_policy_file(
             broker.clone(),
             path.clone(),
+            text.into_bytes(),
             config.policy_poll,
             shutdown.child_token(),
         ));
+    } else {
+        // Without a policy file there is nothing to reload, but SIGHUP must
+        // not kill the broker.
+        tasks.spawn(ignore_hangup(shutdown.child_token()));
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -192,11 +197,16 @@ pub async fn run(
 async fn watch_policy_file(
     broker: Broker,
     path: PathBuf,
+    loaded: Vec<u8>,
     poll: Duration,
     shutdown: CancellationToken,
 ) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = std::fs::read(&path).ok();
+    // What is in force, and a changed file seen once: a change is taken only
+    // when two polls read the same bytes, so a file caught half-written is
+    // never applied (SIGHUP, sent after writing, applies at once).
+    let mut last = Some(loaded);
+    let mut candidate: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(poll);
     loop {
         let forced = tokio::select! {
@@ -218,10 +228,24 @@ async fn watch_policy_file(
             }
         };
         if !forced && last.as_deref() == Some(bytes.as_slice()) {
+            candidate = None;
             continue;
         }
+        if !forced && candidate.as_deref() != Some(bytes.as_slice()) {
+            candidate = Some(bytes);
+            continue;
+        }
+        candidate = None;
         last = Some(bytes.clone());
-        let text = String::from_utf8_lossy(&bytes);
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(_) => {
+                broker
+                    .policy_rejected(&source, "the file is not UTF-8 text")
+                    .await;
+                continue;
+            }
+        };
         match crate::policy::parse(&text) {
             Ok(policy) => broker.set_policy(policy, &source, &text).await,
             Err(errors) => {
@@ -232,6 +256,20 @@ async fn watch_policy_file(
                     .join("; ");
                 broker.policy_rejected(&source, &reason).await;
             }
+        }
+    }
+}
+
+/// Logs SIGHUP (there is no policy file to reload) instead of dying of it.
+async fn ignore_hangup(shutdown: CancellationToken) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hangup.recv() => info!("SIGHUP: no policy file (--policy) to reload"),
         }
     }
 }

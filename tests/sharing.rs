@@ -385,3 +385,39 @@ async fn the_audit_trail_records_everything_and_names_a_tampered_record() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_node_removed_from_the_policy_loses_its_open_feed() {
+    let (broker, dir) = with_policy(POLICY).await;
+    let path = dir.path().join("policy.toml");
+    let mut officer = broker.client(AF_OFFICE).await;
+    let mut feed = Subscriber::open(&mut officer, open("main", pb::Filter::default())).await;
+    let mut post = broker.client(TJ_POST).await;
+    publish(&mut post, amber_to(pb::Category::Drugs, "before", &["AF"])).await;
+    let d = feed.next().await;
+    feed.ack(&[seq_of(&d)]).await;
+
+    // Afghanistan is taken out of the policy.
+    std::fs::write(
+        &path,
+        POLICY.replace("[[node]]\nmatch = \"AF\"\nrole = \"liaison_office\"\n", ""),
+    )
+    .expect("write");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        // Publishing wakes the feed, which re-reads the policy.
+        publish(&mut post, alert(pb::Category::Drugs, "after")).await;
+        match tokio::time::timeout(std::time::Duration::from_millis(200), feed.next_event()).await {
+            Ok(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                break;
+            }
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) => panic!("the feed ended without a status"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed was never closed"
+        );
+    }
+}

@@ -148,6 +148,8 @@ pub enum FeedEvent {
 pub enum FeedEnd {
     TakenOver,
     ShuttingDown,
+    /// The policy in force no longer lets the owner subscribe.
+    Denied(String),
     Failed(String),
 }
 
@@ -431,6 +433,9 @@ impl FeedTask {
             self.next_read = self.store.head().next();
         }
         let policy = self.policy.borrow().clone();
+        if let Err(denied) = policy.may_subscribe(&self.owner) {
+            return Err(Some(FeedEnd::Denied(denied.to_string())));
+        }
         for record in chunk {
             self.next_read = record.seq.next();
             if self.acked.contains(&record.seq) {
@@ -489,6 +494,9 @@ impl FeedTask {
             .map(|(s, _)| *s)
             .collect();
         let policy = self.policy.borrow().clone();
+        if let Err(denied) = policy.may_subscribe(&self.owner) {
+            return Err(Some(FeedEnd::Denied(denied.to_string())));
+        }
         for seq in due {
             let Some(f) = self.in_flight.get_mut(&seq) else {
                 continue;

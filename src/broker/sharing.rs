@@ -38,7 +38,8 @@ impl Broker {
             .map(|b| format!("{b:02x}"))
             .collect();
         info!(%source, sha256 = %digest, "sharing policy in force");
-        self.inner.policy.send_replace(Arc::new(policy));
+        // The record first: nothing decided under the new policy can come
+        // before it in the audit trail.
         let detail = format!("{source} sha256 {digest}");
         self.inner
             .store
@@ -49,6 +50,7 @@ impl Broker {
                 detail,
             ))
             .await;
+        self.inner.policy.send_replace(Arc::new(policy));
     }
 
     /// Records that a new policy file was refused (the old one stays).
@@ -131,8 +133,13 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::NotFound`] for anyone else, as for a missing id.
     pub fn receipts(&self, viewer: &NodeId, id: &AlertId) -> Result<Vec<Receipt>, BrokerError> {
+        let policy = self.policy();
         match self.inner.store.get_by_id(id)? {
-            Some(r) if self.policy().may_see_receipts(&r.alert, viewer) => {
+            // Reading receipts also needs the right to see the alert itself.
+            Some(r)
+                if policy.may_see_receipts(&r.alert, viewer)
+                    && policy.entitled(&r.alert, viewer) =>
+            {
                 Ok(self.inner.store.receipts(id)?)
             }
             _ => Err(BrokerError::NotFound),

@@ -247,14 +247,23 @@ pub fn kind_of(text: &str) -> Kind {
 /// # Errors
 /// A message listing every problem of the file, with lines.
 pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
-    let kind = match args.get(1).and_then(|a| a.to_str()) {
+    // Find the subcommand past the global flags (`liaison --log-format json serve …`).
+    let mut at = 1;
+    while let Some(arg) = args.get(at).and_then(|a| a.to_str()) {
+        match arg {
+            "--log-format" => at += 2,
+            a if a.starts_with("--log-format=") => at += 1,
+            _ => break,
+        }
+    }
+    let kind = match args.get(at).and_then(|a| a.to_str()) {
         Some("serve") => Kind::Serve,
         Some("agent") => Kind::Agent,
         _ => return Ok(args),
     };
     let mut rest = Vec::new();
     let mut file = None;
-    let mut iter = args.iter().skip(2).cloned();
+    let mut iter = args.iter().skip(at + 1).cloned();
     while let Some(arg) = iter.next() {
         match arg.to_str() {
             Some("--config") => file = iter.next(),
@@ -270,20 +279,33 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let path = Path::new(&file);
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let flags = to_flags(&text, kind, |var| std::env::var_os(var).is_some()).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}:{e}", path.display()))
-            .collect();
-        format!(
-            "{} is not a valid `{}` configuration:\n{}",
-            path.display(),
-            kind.name(),
-            lines.join("\n")
-        )
-    })?;
-    let mut out: Vec<OsString> = args[..2].to_vec();
-    out.extend(flags.into_iter().map(OsString::from));
+    let settings =
+        settings(&text, kind, |var| std::env::var_os(var).is_some()).map_err(|errors| {
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}:{e}", path.display()))
+                .collect();
+            format!(
+                "{} is not a valid `{}` configuration:\n{}",
+                path.display(),
+                kind.name(),
+                lines.join("\n")
+            )
+        })?;
+    // A setting typed on the command line replaces the file's entirely (a
+    // list flag must not add to the file's list, a switch must stay off).
+    let typed = |flag: &str| {
+        rest.iter()
+            .filter_map(|a| a.to_str())
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let flag_of = |key: &str| kind.keys().iter().find(|k| k.0 == key).map(|k| k.1);
+    let mut out: Vec<OsString> = args[..=at].to_vec();
+    for s in settings {
+        if !flag_of(s.key).is_some_and(typed) {
+            out.extend(s.flags.into_iter().map(OsString::from));
+        }
+    }
     out.extend(rest);
     Ok(out)
 }
@@ -321,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn typed_flags_come_after_the_file() {
+    fn typed_flags_replace_the_files_settings() {
         let dir = std::env::temp_dir().join(format!("liaison-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("agent.toml");
@@ -332,11 +354,15 @@ mod tests {
         .expect("write");
         let args: Vec<OsString> = [
             "liaison",
+            "--log-format",
+            "json",
             "agent",
             "--config",
             file.to_str().expect("utf-8"),
             "--name",
             "other",
+            "--category",
+            "health",
         ]
         .iter()
         .map(OsString::from)
@@ -350,15 +376,15 @@ mod tests {
             out,
             [
                 "liaison",
+                "--log-format",
+                "json",
                 "agent",
-                "--category",
-                "drugs,arms",
-                "--name",
-                "post",
                 "--upstream",
                 "https://a:7443",
                 "--name",
-                "other"
+                "other",
+                "--category",
+                "health"
             ]
         );
     }

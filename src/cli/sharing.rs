@@ -159,16 +159,24 @@ fn audit_json(r: &AuditRecord) -> serde_json::Value {
 }
 
 /// Every audit record of a store, in order.
-fn each_record(store: &Store, mut f: impl FnMut(AuditRecord) -> Result<()>) -> Result<()> {
+/// Every audit record of a store, in key order, with its key's sequence
+/// (paging by key, so an altered record cannot make this loop).
+fn each_record(
+    store: &Store,
+    mut f: impl FnMut(u64, Option<AuditRecord>) -> Result<()>,
+) -> Result<()> {
     let mut from = 1;
     loop {
         let chunk = store.audit_records(from, 4096)?;
-        let Some(last) = chunk.last() else {
+        let Some((last, _)) = chunk.last() else {
             return Ok(());
         };
-        from = last.seq + 1;
-        for r in chunk {
-            f(r)?;
+        let Some(next) = last.checked_add(1) else {
+            return Ok(());
+        };
+        from = next;
+        for (seq, r) in chunk {
+            f(seq, r)?;
         }
     }
 }
@@ -189,8 +197,8 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode> {
     let code = match cmd {
         AuditCommand::Verify { .. } => {
             let mut records = Vec::new();
-            each_record(&store, |r| {
-                records.push(r);
+            each_record(&store, |seq, r| {
+                records.push((seq, r));
                 Ok(())
             })?;
             match audit::verify(records) {
@@ -211,9 +219,13 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode> {
                 .transpose()?
                 .and_then(|t| system_time(&t))
                 .map_or(0, micros);
-            each_record(&store, |r| {
-                if r.time_us >= since_us {
-                    println!("{}", audit_json(&r));
+            each_record(&store, |seq, r| {
+                match r {
+                    Some(r) if r.time_us >= since_us => println!("{}", audit_json(&r)),
+                    Some(_) => {}
+                    None => eprintln!(
+                        "audit record {seq} cannot be decoded; run `liaison audit verify`"
+                    ),
                 }
                 Ok(())
             })?;

@@ -82,6 +82,24 @@ struct Sent {
     recipients: Vec<NodeId>,
 }
 
+impl Sent {
+    fn from_stored(a: &crate::alert::Alert) -> Sent {
+        Sent {
+            origin: a.origin.clone(),
+            category: a.category,
+            tlp: a.marking.tlp,
+            exercise: a.status == pb::Status::Exercise,
+            releasable_to: a
+                .body
+                .marking
+                .as_ref()
+                .map(|m| m.releasable_to.clone())
+                .unwrap_or_default(),
+            recipients: a.marking.recipients.clone(),
+        }
+    }
+}
+
 /// A liaison office and what its feed wants.
 struct Office {
     node: NodeId,
@@ -612,6 +630,20 @@ async fn judge(dir: &Path, offices: &[Office], tally: &Arc<Mutex<Tally>>) -> Dem
                 (true, false) => lost += 1,
                 (false, true) => leaked += 1,
                 _ => {}
+            }
+        }
+        // Deliveries of alerts whose publish reply the demo never saw are
+        // judged by the markings stored at the broker; one it does not hold
+        // cannot be justified and counts as leaked.
+        for id in got.iter().filter(|id| !t.sent.contains_key(*id)) {
+            let stored = id
+                .parse()
+                .ok()
+                .and_then(|id| store.get_by_id(&id).ok().flatten());
+            let allowed =
+                stored.is_some_and(|r| office.should_receive(&Sent::from_stored(&r.alert)));
+            if !allowed {
+                leaked += 1;
             }
         }
     }

@@ -214,11 +214,16 @@ impl Store {
         }))
     }
 
-    /// Up to `limit` audit records from sequence `from` on, in order.
+    /// Up to `limit` audit records from sequence `from` on, in key order,
+    /// each with the sequence of its key (`None`: it does not decode).
     ///
     /// # Errors
     /// On a storage failure or a record that cannot be decoded.
-    pub fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    pub fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Option<AuditRecord>)>, StoreError> {
         let mut out = Vec::new();
         for kv in self
             .inner
@@ -226,8 +231,15 @@ impl Store {
             .range(keys::audit(from)..keys::audit(u64::MAX))
             .take(limit)
         {
-            let (_, v) = kv?;
-            out.push(AuditRecord::decode(v.as_ref()).map_err(|e| corrupt("audit record", e))?);
+            let (k, v) = kv?;
+            let seq = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let seq = seq.ok_or_else(|| corrupt("audit key", format!("{k:?}")))?;
+            // A record that no longer decodes is reported by `verify` under
+            // its key, not turned into an error here.
+            out.push((seq, AuditRecord::decode(v.as_ref()).ok()));
         }
         Ok(out)
     }
