@@ -29,15 +29,23 @@ impl AdminService {
 
     /// Administrators only (any node when no policy file is in force).
     async fn authorise<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let node = caller(req)?;
+        let node = match caller(req) {
+            Ok(node) => node,
+            Err(status) => {
+                let peer = req
+                    .extensions()
+                    .get::<crate::tls::Peer>()
+                    .map_or_else(|| "unknown peer".to_owned(), |p| p.remote.to_string());
+                self.broker.auth_failure(&peer, status.message()).await;
+                return Err(status);
+            }
+        };
         let policy = self.broker.policy();
         if policy.is_open() || policy.is_administrator(&node) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
-                "policy: {node} is not an administrator"
-            )))
+            return Ok(());
         }
+        let denied = crate::policy::Denied(format!("{node} is not an administrator"));
+        Err(self.broker.record_refusal(&node, denied).await.into())
     }
 }
 

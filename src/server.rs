@@ -116,7 +116,12 @@ pub async fn run(
             source,
         }
     })?;
-    let max_message = config.broker.limits.max_alert_bytes * 2 + 64 * 1024;
+    let max_message = config
+        .broker
+        .limits
+        .max_alert_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
     let broker = Broker::new(store.clone(), broker_config, shutdown.child_token());
     let tasks = TaskTracker::new();
     tasks.spawn(broker.clone().run_retention());

@@ -173,7 +173,12 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
-    let max_message = config.broker.limits.max_alert_bytes * 2 + 64 * 1024;
+    let max_message = config
+        .broker
+        .limits
+        .max_alert_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

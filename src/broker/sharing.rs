@@ -88,6 +88,12 @@ impl Broker {
         BrokerError::Denied(denied)
     }
 
+    /// Records a refusal decided outside the core (an admin call) and
+    /// returns it as an error.
+    pub async fn record_refusal(&self, node: &NodeId, denied: Denied) -> BrokerError {
+        self.refused(node, None, denied).await
+    }
+
     /// Records a connection or call refused for its certificate.
     pub async fn auth_failure(&self, peer: &str, reason: &str) {
         self.inner
