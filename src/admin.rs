@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::alert::timestamp;
 use crate::broker::Broker;
-use crate::grpc::caller;
+use crate::grpc::authenticated;
 use crate::proto as pb;
 use crate::proto::admin_server::Admin;
 use crate::tls::Connections;
@@ -29,17 +29,7 @@ impl AdminService {
 
     /// Administrators only (any node when no policy file is in force).
     async fn authorise<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let node = match caller(req) {
-            Ok(node) => node,
-            Err(status) => {
-                let peer = req
-                    .extensions()
-                    .get::<crate::tls::Peer>()
-                    .map_or_else(|| "unknown peer".to_owned(), |p| p.remote.to_string());
-                self.broker.auth_failure(&peer, status.message()).await;
-                return Err(status);
-            }
-        };
+        let node = authenticated(&self.broker, req).await?;
         let policy = self.broker.policy();
         if policy.is_open() || policy.is_administrator(&node) {
             return Ok(());

@@ -80,21 +80,27 @@ impl BrokerService {
         Self { broker, shutdown }
     }
 
-    /// The caller's identity; a certificate without one is refused with
-    /// UNAUTHENTICATED and recorded in the audit trail.
     async fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
-        match caller(req) {
-            Ok(node) => Ok(node),
-            Err(status) => {
-                let peer = req
-                    .extensions()
-                    .get::<Peer>()
-                    .map_or_else(|| "unknown peer".to_owned(), |p| p.remote.to_string());
-                self.broker.auth_failure(&peer, status.message()).await;
-                Err(status)
-            }
-        }
+        authenticated(&self.broker, req).await
     }
+}
+
+/// The caller's identity, as [`caller`]; a certificate without one is also
+/// recorded in the audit trail.
+///
+/// # Errors
+/// `UNAUTHENTICATED` naming what is wrong with the certificate.
+pub(crate) async fn authenticated<T>(broker: &Broker, req: &Request<T>) -> Result<NodeId, Status> {
+    let status = match caller(req) {
+        Ok(node) => return Ok(node),
+        Err(status) => status,
+    };
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| "unknown peer".to_owned(), |p| p.remote.to_string());
+    broker.auth_failure(&peer, status.message()).await;
+    Err(status)
 }
 
 fn ack_proto(ack: &PublishAck) -> pb::PublishResponse {

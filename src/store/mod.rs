@@ -110,7 +110,6 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
     log: sled::Tree,
     feeds: sled::Tree,
     /// Requests to the writer thread, which holds the receiver. Bounded: when
@@ -152,7 +151,7 @@ impl Store {
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
         let w = writer::Writer {
-            db: db.clone(),
+            db,
             log: log.clone(),
             rx,
             head: head_tx,
@@ -170,7 +169,6 @@ impl Store {
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
                 log,
                 feeds,
                 writer: tx,
@@ -472,16 +470,6 @@ impl Store {
             Err(StoreError::Closed) => Ok(()),
             other => other,
         }
-    }
-
-    /// Flushes synchronously (for the crash tests and tools that do not run
-    /// a writer-aware shutdown).
-    ///
-    /// # Errors
-    /// On a storage failure.
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.db.flush().map_err(StoreError::from_sled)?;
-        Ok(())
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
