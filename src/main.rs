@@ -6,6 +6,12 @@ use clap::Parser;
 use liaison::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// The store's writer and the RPC paths allocate and free many short-lived
+/// buffers (sled copies a tree node on every insert); mimalloc's thread-local
+/// free lists cost a fraction of glibc malloc's there (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = match liaison::cli::config::expand(std::env::args_os().collect()) {
         Ok(args) => args,
