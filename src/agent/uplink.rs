@@ -8,7 +8,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -109,7 +111,18 @@ fn local(e: StoreError) -> Problem {
 /// Alerts sent and not yet answered, oldest first, with their send time.
 struct InFlight {
     queue: VecDeque<(Seq, Instant)>,
+    /// Sent and not yet out of the outbox: unanswered, or answered with the
+    /// removal still committing.
     seqs: HashSet<Seq>,
+}
+
+impl InFlight {
+    /// The outbox removal of `seqs` is durable.
+    fn settled(&mut self, seqs: Vec<Seq>) {
+        for seq in &seqs {
+            self.seqs.remove(seq);
+        }
+    }
 }
 
 /// One PublishStream: sends queued alerts (at most `window` unacknowledged),
@@ -129,6 +142,13 @@ async fn session(
         queue: VecDeque::new(),
         seqs: HashSet::new(),
     };
+    // Outbox removals of answered alerts, committing while the next alerts
+    // go out: waiting for each removal's flush before sending more would
+    // leave the link idle for one local commit per round trip. Their seqs
+    // stay in `in_flight.seqs` until the removal is durable, so they are not
+    // read from the outbox again.
+    let mut settling: FuturesUnordered<BoxFuture<'static, Result<Vec<Seq>, StoreError>>> =
+        FuturesUnordered::new();
     loop {
         let room = config.window - in_flight.queue.len();
         let mut found = false;
@@ -163,6 +183,13 @@ async fn session(
             if found {
                 continue; // everything in that batch had expired; look again
             }
+            if let Some(settled) = settling.next().await {
+                // Nothing unanswered, but removals still committing: what
+                // they leave behind decides whether the outbox is empty.
+                in_flight.settled(settled.map_err(local)?);
+                backoff.reset();
+                continue;
+            }
             return Ok(()); // drained: close the stream
         };
         // The deadline runs from the oldest unanswered send, so wake-ups for
@@ -191,21 +218,42 @@ async fn session(
                     }
                 }
                 link.contact();
-                if settle(store, answers, &mut in_flight).await? {
-                    backoff.reset();
+                let (removals, transient) = settle(answers, &mut in_flight)?;
+                for (seqs, outcome) in removals {
+                    let store = store.clone();
+                    settling.push(
+                        async move {
+                            let done = seqs.clone();
+                            store.outbox_done(seqs, outcome).await.map(|()| done)
+                        }
+                        .boxed(),
+                    );
                 }
+                if let Some(problem) = transient {
+                    // What was answered before the failure still leaves the
+                    // outbox before the session ends.
+                    while let Some(settled) = settling.next().await {
+                        in_flight.settled(settled.map_err(local)?);
+                    }
+                    return Err(problem);
+                }
+            }
+            Some(settled) = settling.next(), if !settling.is_empty() => {
+                // Real progress: alerts left the outbox for good.
+                in_flight.settled(settled.map_err(local)?);
+                backoff.reset();
             }
         }
     }
 }
 
-/// Applies answers to the in-flight queue (answers come in send order).
-/// True when at least one alert left the outbox (real progress).
-async fn settle(
-    store: &Store,
+/// Applies answers to the in-flight queue (answers come in send order): the
+/// outbox removals to commit, and the transient failure that ends the
+/// session, if one was answered.
+fn settle(
     answers: Vec<pb::PublishStreamResponse>,
     in_flight: &mut InFlight,
-) -> Result<bool, Problem> {
+) -> Result<(Vec<(Vec<Seq>, Outcome)>, Option<Problem>), Problem> {
     let mut forwarded = Vec::new();
     let mut rejected = Vec::new();
     let mut transient = None;
@@ -234,24 +282,12 @@ async fn settle(
             }
         }
     }
-    let done: Vec<Seq> = forwarded.iter().chain(&rejected).copied().collect();
-    if !forwarded.is_empty() {
-        store
-            .outbox_done(forwarded, Outcome::Forwarded)
-            .await
-            .map_err(local)?;
-    }
-    if !rejected.is_empty() {
-        store
-            .outbox_done(rejected, Outcome::Rejected)
-            .await
-            .map_err(local)?;
-    }
-    for seq in &done {
-        in_flight.seqs.remove(seq);
-    }
-    match transient {
-        Some(problem) => Err(problem),
-        None => Ok(!done.is_empty()),
-    }
+    let removals = [
+        (forwarded, Outcome::Forwarded),
+        (rejected, Outcome::Rejected),
+    ]
+    .into_iter()
+    .filter(|(seqs, _)| !seqs.is_empty())
+    .collect();
+    Ok((removals, transient))
 }

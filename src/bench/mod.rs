@@ -8,6 +8,7 @@
 
 mod workloads;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -243,7 +244,18 @@ impl Local {
     /// # Errors
     /// When no port can be bound.
     pub async fn start(&mut self) -> BenchResult<()> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        self.start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// (Re)starts the broker on the same data directory, listening on
+    /// `addr` (port 0: a new one).
+    ///
+    /// # Errors
+    /// When `addr` cannot be bound.
+    pub async fn start_at(&mut self, addr: SocketAddr) -> BenchResult<()> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         self.addr = listener.local_addr()?;
         let mut config = ServeConfig::new(
             TlsFiles::in_dir(&self.certs, pki::BROKER_NAME),

@@ -154,14 +154,16 @@ impl Store {
             db,
             log: log.clone(),
             rx,
-            head: head_tx,
-            meta: meta_tx,
-            recent: recent.clone(),
+            outlet: writer::Outlet {
+                head: head_tx,
+                meta: meta_tx,
+                recent: recent.clone(),
+                receipts: receipts_tx,
+            },
             state,
             max_batch: config.max_batch,
-            failed: None,
+            failed: Arc::new(Mutex::new(None)),
             chain,
-            receipts: receipts_tx,
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())

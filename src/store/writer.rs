@@ -1,12 +1,16 @@
-//! The single writer of the log: group commit.
+//! The single writer of the log: group commit, pipelined.
 //!
 //! The writer thread blocks for one command, then takes every other command
-//! already queued (up to `max_batch`), turns all appends into one atomic sled
-//! batch, applies it, flushes once, and only then answers every caller. While
-//! it flushes, new commands queue up and form the next group, so the number
-//! of fsyncs adapts to the load: one per group, never one per alert.
-//! A dedicated thread (not `flush_async` from many tasks, which deadlocks in
-//! sled 0.34) keeps sled's blocking calls off the async runtime.
+//! already queued (up to `max_batch`), turns them into one atomic sled batch
+//! and applies it (in memory). A flusher thread then flushes it to disk and
+//! only then makes it visible (head, counters, cache) and answers every
+//! caller. While one group is being flushed, the writer applies the next, and
+//! the flusher covers every group waiting with one flush: the number of
+//! fsyncs adapts to the load, never one per alert, and the disk's latency
+//! overlaps with the CPU work of the next group. Readers never see past the
+//! published head, so an applied group is invisible until it is durable.
+//! Dedicated threads (not `flush_async` from many tasks, which deadlocks in
+//! sled 0.34) keep sled's blocking calls off the async runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -192,20 +196,44 @@ pub struct Writer {
     pub db: sled::Db,
     pub log: sled::Tree,
     pub rx: mpsc::Receiver<Command>,
-    pub head: watch::Sender<Seq>,
-    /// The counters, for readers (`Store::meta`); the writer is the only
-    /// one that changes them.
-    pub meta: watch::Sender<Meta>,
-    pub recent: Arc<Mutex<Recent>>,
+    /// What readers see; handed to the flusher thread when the writer runs.
+    pub outlet: Outlet,
     pub state: State,
     pub max_batch: usize,
-    /// Set when a commit failed: every later command is refused.
-    pub failed: Option<String>,
+    /// Set when a commit failed (by the writer or the flusher): every later
+    /// command is refused.
+    pub failed: Arc<Mutex<Option<String>>>,
     /// The head of the audit chain.
     pub chain: Chain,
+}
+
+/// The watch senders and the cache through which committed groups become
+/// visible to readers. Only the flusher thread uses them, in commit order.
+pub struct Outlet {
+    pub head: watch::Sender<Seq>,
+    /// The counters, for readers (`Store::meta`).
+    pub meta: watch::Sender<Meta>,
+    pub recent: Arc<Mutex<Recent>>,
     /// Bumped when receipts are committed; readers hold receivers.
     pub receipts: watch::Sender<u64>,
 }
+
+/// A group applied to sled (in memory), waiting for the flush that makes it
+/// durable; nobody is answered before that.
+struct Applied {
+    /// The counters after this group (and the prunes that followed it).
+    meta: Meta,
+    receipts: u64,
+    records: Vec<(Arc<Record>, usize)>,
+    replies: Vec<(Reply<Appended>, Appended)>,
+    done: Vec<(Reply<()>, Result<(), StoreError>)>,
+    flush_waiters: Vec<Reply<()>>,
+    commands: usize,
+}
+
+/// How many applied groups may wait for their flush: the writer applies the
+/// next group while the flusher writes the previous one to disk.
+const PIPELINE: usize = 2;
 
 /// Appends of one group, staged before the batch is applied.
 pub(super) struct Staged {
@@ -240,6 +268,31 @@ impl Staged {
 
 impl Writer {
     pub fn run(mut self) {
+        let (to_flusher, jobs) = std::sync::mpsc::sync_channel(PIPELINE);
+        let flusher = {
+            let db = self.db.clone();
+            let failed = self.failed.clone();
+            let outlet = self.outlet_take();
+            std::thread::Builder::new()
+                .name("liaison-store-flush".into())
+                .spawn(move || flush_loop(&db, &jobs, &outlet, &failed))
+        };
+        let flusher = match flusher {
+            Ok(handle) => handle,
+            Err(e) => {
+                error!(error = %e, "cannot start the store's flusher thread");
+                *lock(&self.failed) = Some(format!("no flusher thread: {e}"));
+                // Refuse everything, answering each caller.
+                while let Some(first) = self.rx.blocking_recv() {
+                    if let Some(done) = refuse(vec![first], "no flusher thread") {
+                        let _ = done.send(());
+                        break;
+                    }
+                }
+                return;
+            }
+        };
+        let mut stop = None;
         while let Some(first) = self.rx.blocking_recv() {
             let mut group = vec![first];
             while group.len() < self.max_batch {
@@ -248,17 +301,48 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.commit(group) {
+            stop = self.commit(group, &to_flusher);
+            if stop.is_some() {
                 break;
             }
+        }
+        // Every applied group is flushed and answered before the writer
+        // reports that it stopped (the caller may reopen the directory).
+        drop(to_flusher);
+        let _ = flusher.join();
+        if let Some(done) = stop {
+            let _ = done.send(());
         }
         debug!("store writer stopped");
     }
 
-    /// Commits one group; true when a Stop was in it.
-    fn commit(&mut self, group: Vec<Command>) -> bool {
-        if let Some(reason) = &self.failed {
-            return refuse(group, reason);
+    /// Takes the outlet for the flusher (the writer keeps a cache handle for
+    /// prunes).
+    fn outlet_take(&mut self) -> Outlet {
+        let (head, _) = watch::channel(Seq(0));
+        let (meta, _) = watch::channel(Meta::default());
+        let (receipts, _) = watch::channel(0);
+        let recent = self.outlet.recent.clone();
+        std::mem::replace(
+            &mut self.outlet,
+            Outlet {
+                head,
+                meta,
+                recent,
+                receipts,
+            },
+        )
+    }
+
+    /// Stages and applies one group and hands it to the flusher; returns the
+    /// stop request when the group held one.
+    fn commit(
+        &mut self,
+        group: Vec<Command>,
+        to_flusher: &std::sync::mpsc::SyncSender<Applied>,
+    ) -> Option<oneshot::Sender<()>> {
+        if let Some(reason) = lock(&self.failed).clone() {
+            return refuse(group, &reason);
         }
         let mut staged = Staged {
             batch: sled::Batch::default(),
@@ -316,59 +400,49 @@ impl Writer {
         }
         self.audit_published(&mut staged);
         self.state.meta.save(&saved.0, &mut staged.batch);
-        metrics::histogram!(crate::metrics::COMMIT_BATCH).record(commands as f64);
-        let started = std::time::Instant::now();
-        let result = self
-            .log
-            .apply_batch(staged.batch)
-            .and_then(|()| self.db.flush().map(drop))
-            .map_err(StoreError::from_sled);
-        metrics::histogram!(crate::metrics::COMMIT_FLUSH_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                // Counters first: whoever is answered next and asks for the
-                // status must see its own write.
-                self.publish_meta();
-                if !staged.receipts.is_empty() {
-                    self.receipts
-                        .send_modify(|n| *n += staged.receipts.len() as u64);
-                }
-                self.publish(staged.records, staged.replies);
-                for (reply, r) in done {
-                    let _ = reply.send(r);
-                }
+        if let Err(e) = self.log.apply_batch(staged.batch) {
+            // Possibly half applied in memory and not on disk: the log can
+            // no longer be trusted to match what was promised, so the store
+            // refuses everything from now on (a restart recovers from what
+            // is on disk).
+            let e = StoreError::from_sled(e);
+            error!(error = %e, alerts = staged.replies.len(), "commit failed; nothing acknowledged; the store refuses further writes until restarted");
+            *lock(&self.failed) = Some(e.to_string());
+            (self.state.meta, self.state.last_received_us) = saved;
+            for (reply, _) in staged.replies {
+                let _ = reply.send(Err(clone_err(&e)));
             }
-            Err(e) => {
-                // The batch may be applied in memory but is not on disk: the
-                // log can no longer be trusted to match what was promised, so
-                // the writer refuses everything from now on (a restart
-                // recovers from what is on disk).
-                error!(error = %e, alerts = staged.replies.len(), "commit failed; nothing acknowledged; the store refuses further writes until restarted");
-                self.failed = Some(e.to_string());
-                (self.state.meta, self.state.last_received_us) = saved;
-                for (reply, _) in staged.replies {
-                    let _ = reply.send(Err(clone_err(&e)));
-                }
-                for (reply, _) in done {
-                    let _ = reply.send(Err(clone_err(&e)));
-                }
+            for (reply, _) in done {
+                let _ = reply.send(Err(clone_err(&e)));
             }
+            for (_, _, reply) in prunes {
+                let _ = reply.send(Err(clone_err(&e)));
+            }
+            for reply in flush_waiters {
+                let _ = reply.send(Err(clone_err(&e)));
+            }
+            return stop;
         }
+        // Prunes answer at once: what they remove is gone from the log
+        // either way, and the flush below makes it durable with the group.
         for (cutoff, max_bytes, reply) in prunes {
             let _ = reply.send(self.prune(cutoff, max_bytes));
         }
-        for reply in flush_waiters {
-            let _ = reply.send(self.db.flush().map(drop).map_err(StoreError::from_sled));
+        let applied = Applied {
+            meta: self.state.meta,
+            receipts: staged.receipts.len() as u64,
+            records: staged.records,
+            replies: staged.replies,
+            done,
+            flush_waiters,
+            commands,
+        };
+        if let Err(std::sync::mpsc::SendError(applied)) = to_flusher.send(applied) {
+            let e = StoreError::Failed("the store's flusher thread stopped".into());
+            *lock(&self.failed) = Some(e.to_string());
+            fail(applied, &e);
         }
-        self.publish_meta();
-        match stop {
-            Some(done) => {
-                let _ = done.send(());
-                true
-            }
-            None => false,
-        }
+        stop
     }
 
     fn stage(
@@ -478,35 +552,6 @@ impl Writer {
         }
     }
 
-    /// Makes the counters visible to readers (`Store::meta`).
-    fn publish_meta(&self) {
-        self.meta.send_if_modified(|m| {
-            let changed = *m != self.state.meta;
-            *m = self.state.meta;
-            changed
-        });
-    }
-
-    /// Makes a committed group visible: cache, head, then the callers.
-    fn publish(
-        &mut self,
-        records: Vec<(Arc<Record>, usize)>,
-        replies: Vec<(Reply<Appended>, Appended)>,
-    ) {
-        if let Some((last, _)) = records.last() {
-            let head = last.seq;
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            for (r, size) in records {
-                recent.push(r, size);
-            }
-            drop(recent);
-            self.head.send_replace(head);
-        }
-        for (reply, appended) in replies {
-            let _ = reply.send(Ok(appended));
-        }
-    }
-
     /// Removes up to 1024 of the oldest records while they are too old or
     /// the log too big — but never an alert still waiting in the outbox, nor
     /// anything after it. One chunk per command, so that publishes queued
@@ -554,12 +599,106 @@ impl Writer {
             self.state.meta = before;
             return Err(StoreError::from_sled(e));
         }
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget_through(through);
+        lock(&self.outlet.recent).forget_through(through);
         Ok(pruned)
     }
+}
+
+/// The flusher thread: takes every applied group waiting, makes them durable
+/// with one flush, then makes them visible and answers their callers, in
+/// commit order.
+fn flush_loop(
+    db: &sled::Db,
+    jobs: &std::sync::mpsc::Receiver<Applied>,
+    outlet: &Outlet,
+    failed: &Mutex<Option<String>>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut groups = vec![first];
+        groups.extend(jobs.try_iter());
+        let failure = lock(failed).clone();
+        let result = match &failure {
+            Some(reason) => Err(StoreError::Failed(format!(
+                "an earlier commit failed ({reason}); restart the broker"
+            ))),
+            None => {
+                let started = std::time::Instant::now();
+                let r = db.flush().map(drop).map_err(StoreError::from_sled);
+                metrics::histogram!(crate::metrics::COMMIT_FLUSH_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                r
+            }
+        };
+        match result {
+            Ok(()) => {
+                for group in groups {
+                    metrics::histogram!(crate::metrics::COMMIT_BATCH).record(group.commands as f64);
+                    publish(outlet, group);
+                }
+            }
+            Err(e) => {
+                if failure.is_none() {
+                    let alerts: usize = groups.iter().map(|g| g.replies.len()).sum();
+                    error!(error = %e, alerts, "flush failed; nothing acknowledged; the store refuses further writes until restarted");
+                    *lock(failed) = Some(e.to_string());
+                }
+                for group in groups {
+                    fail(group, &e);
+                }
+            }
+        }
+    }
+}
+
+/// Makes a flushed group visible — counters, cache, head — then answers its
+/// callers. Counters first: whoever is answered and asks for the status must
+/// see its own write.
+fn publish(outlet: &Outlet, group: Applied) {
+    outlet.meta.send_if_modified(|m| {
+        let changed = *m != group.meta;
+        *m = group.meta;
+        changed
+    });
+    if group.receipts > 0 {
+        outlet.receipts.send_modify(|n| *n += group.receipts);
+    }
+    if let Some((last, _)) = group.records.last() {
+        let head = last.seq;
+        let mut recent = lock(&outlet.recent);
+        for (r, size) in group.records {
+            recent.push(r, size);
+        }
+        drop(recent);
+        outlet.head.send_replace(head);
+    }
+    for (reply, appended) in group.replies {
+        let _ = reply.send(Ok(appended));
+    }
+    for (reply, r) in group.done {
+        let _ = reply.send(r);
+    }
+    for reply in group.flush_waiters {
+        let _ = reply.send(Ok(()));
+    }
+}
+
+/// Answers every caller of a group that could not be made durable.
+fn fail(group: Applied, e: &StoreError) {
+    for (reply, _) in group.replies {
+        let _ = reply.send(Err(clone_err(e)));
+    }
+    for (reply, _) in group.done {
+        let _ = reply.send(Err(clone_err(e)));
+    }
+    for reply in group.flush_waiters {
+        let _ = reply.send(Err(clone_err(e)));
+    }
+}
+
+/// A std mutex whose holder cannot leave it inconsistent (a poisoned lock
+/// still holds valid data).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A re-published id is a duplicate only when it comes from the same origin;
@@ -588,14 +727,15 @@ fn encode_record(record: &Record) -> Vec<u8> {
     buf
 }
 
-/// Answers every command of a group with the failure that stopped the writer.
-fn refuse(group: Vec<Command>, reason: &str) -> bool {
+/// Answers every command of a group with the failure that stopped the writer;
+/// returns the stop request when the group held one.
+fn refuse(group: Vec<Command>, reason: &str) -> Option<oneshot::Sender<()>> {
     let err = || {
         StoreError::Failed(format!(
             "an earlier commit failed ({reason}); restart the broker"
         ))
     };
-    let mut stop = false;
+    let mut stop = None;
     for cmd in group {
         match cmd {
             Command::Append { reply, .. } => drop(reply.send(Err(err()))),
@@ -604,10 +744,7 @@ fn refuse(group: Vec<Command>, reason: &str) -> bool {
             | Command::Receipt { reply, .. } => drop(reply.send(Err(err()))),
             Command::Audit { .. } => {}
             Command::Prune { reply, .. } => drop(reply.send(Err(err()))),
-            Command::Stop { done } => {
-                let _ = done.send(());
-                stop = true;
-            }
+            Command::Stop { done } => stop = Some(done),
         }
     }
     stop
