@@ -32,6 +32,8 @@ pub const META_FORWARDED: &[u8] = b"mforwarded";
 pub const META_EXPIRED: &[u8] = b"mexpired";
 pub const META_REJECTED: &[u8] = b"mrejected";
 pub const META_INBOX: &[u8] = b"minbox";
+/// The newest write-ahead log record whose batch sled holds on disk.
+pub const META_WAL_CHECKPOINT: &[u8] = b"mwal_checkpoint";
 
 pub fn audit(seq: u64) -> [u8; 9] {
     let mut k = [AUDIT; 9];

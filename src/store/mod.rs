@@ -18,6 +18,7 @@ mod journal;
 mod keys;
 mod outbox;
 mod recent;
+mod wal;
 mod writer;
 
 use std::path::Path;
@@ -143,6 +144,10 @@ impl Store {
             .map_err(StoreError::from_sled)?;
         let log = db.open_tree("log")?;
         let feeds = db.open_tree("feeds")?;
+        // Replays what a crash left in the write-ahead log before anything
+        // reads the log.
+        let failed = Arc::new(Mutex::new(None));
+        let wal = wal::Wal::open(dir, &db, &log, failed.clone())?;
         let state = writer::State::load(&log)?;
         let (head_tx, head) = watch::channel(state.head());
         let (meta_tx, meta) = watch::channel(state.meta());
@@ -151,8 +156,8 @@ impl Store {
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
         let w = writer::Writer {
-            db,
             log: log.clone(),
+            wal: Some(wal),
             rx,
             outlet: writer::Outlet {
                 head: head_tx,
@@ -162,7 +167,7 @@ impl Store {
             },
             state,
             max_batch: config.max_batch,
-            failed: Arc::new(Mutex::new(None)),
+            failed,
             chain,
         };
         let thread = std::thread::Builder::new()

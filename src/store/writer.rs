@@ -13,15 +13,17 @@
 //! sled 0.34) keep sled's blocking calls off the async runtime.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::journal::{self, Chain};
 use super::outbox::{self, OutboxLimits, Outcome};
 use super::recent::Recent;
+use super::wal::{self, Wal};
 use super::{StoreError, corrupt, decode_record, keys};
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
 use crate::audit::{AuditEvent, AuditKind};
@@ -149,7 +151,7 @@ impl Meta {
     }
 
     /// Adds to `batch` the keys whose value differs from `before`.
-    fn save(&self, before: &Meta, batch: &mut sled::Batch) {
+    fn save(&self, before: &Meta, batch: &mut wal::Batch) {
         for ((key, new), old) in META_KEYS.iter().zip(self.values()).zip(before.values()) {
             if new != old {
                 batch.insert(*key, &new.to_be_bytes());
@@ -193,8 +195,9 @@ impl State {
 }
 
 pub struct Writer {
-    pub db: sled::Db,
     pub log: sled::Tree,
+    /// Each group is written here before it is applied.
+    pub wal: Option<Wal>,
     pub rx: mpsc::Receiver<Command>,
     /// What readers see; handed to the flusher thread when the writer runs.
     pub outlet: Outlet,
@@ -228,7 +231,10 @@ struct Applied {
     replies: Vec<(Reply<Appended>, Appended)>,
     done: Vec<(Reply<()>, Result<(), StoreError>)>,
     flush_waiters: Vec<Reply<()>>,
+    pruned: Vec<(Reply<Pruned>, Result<Pruned, StoreError>)>,
     commands: usize,
+    /// The write-ahead log files this group's records went to.
+    files: Vec<Arc<File>>,
 }
 
 /// How many applied groups may wait for their flush: the writer applies the
@@ -237,7 +243,7 @@ const PIPELINE: usize = 2;
 
 /// Appends of one group, staged before the batch is applied.
 pub(super) struct Staged {
-    pub batch: sled::Batch,
+    pub batch: wal::Batch,
     records: Vec<(Arc<Record>, usize)>,
     replies: Vec<(Reply<Appended>, Appended)>,
     /// Ids staged in this group (with their index in `records`), for
@@ -270,12 +276,11 @@ impl Writer {
     pub fn run(mut self) {
         let (to_flusher, jobs) = std::sync::mpsc::sync_channel(PIPELINE);
         let flusher = {
-            let db = self.db.clone();
             let failed = self.failed.clone();
             let outlet = self.outlet_take();
             std::thread::Builder::new()
                 .name("liaison-store-flush".into())
-                .spawn(move || flush_loop(&db, &jobs, &outlet, &failed))
+                .spawn(move || flush_loop(&jobs, &outlet, &failed))
         };
         let flusher = match flusher {
             Ok(handle) => handle,
@@ -310,6 +315,8 @@ impl Writer {
         // reports that it stopped (the caller may reopen the directory).
         drop(to_flusher);
         let _ = flusher.join();
+        // A final checkpoint: a clean stop leaves nothing to replay.
+        drop(self.wal.take());
         if let Some(done) = stop {
             let _ = done.send(());
         }
@@ -345,7 +352,7 @@ impl Writer {
             return refuse(group, &reason);
         }
         let mut staged = Staged {
-            batch: sled::Batch::default(),
+            batch: wal::Batch::default(),
             records: Vec::new(),
             replies: Vec::new(),
             ids: HashMap::new(),
@@ -400,12 +407,14 @@ impl Writer {
         }
         self.audit_published(&mut staged);
         self.state.meta.save(&saved.0, &mut staged.batch);
-        if let Err(e) = self.log.apply_batch(staged.batch) {
-            // Possibly half applied in memory and not on disk: the log can
-            // no longer be trusted to match what was promised, so the store
-            // refuses everything from now on (a restart recovers from what
-            // is on disk).
-            let e = StoreError::from_sled(e);
+        let mut files = Vec::new();
+        if let Err(e) = self.write_ahead(staged.batch, &mut files) {
+            // Perhaps written ahead, perhaps applied in part: the log can no
+            // longer be trusted to match what was promised, so the store
+            // refuses everything from now on. A restart replays whatever
+            // reached the write-ahead log, so the group may turn out stored
+            // although its callers were told it failed; their retries are
+            // recognised as duplicates.
             error!(error = %e, alerts = staged.replies.len(), "commit failed; nothing acknowledged; the store refuses further writes until restarted");
             *lock(&self.failed) = Some(e.to_string());
             (self.state.meta, self.state.last_received_us) = saved;
@@ -423,10 +432,18 @@ impl Writer {
             }
             return stop;
         }
-        // Prunes answer at once: what they remove is gone from the log
-        // either way, and the flush below makes it durable with the group.
-        for (cutoff, max_bytes, reply) in prunes {
-            let _ = reply.send(self.prune(cutoff, max_bytes));
+        // Prunes follow the group; they are answered with it, once durable
+        // and counted.
+        let pruned = prunes
+            .into_iter()
+            .map(|(cutoff, max_bytes, reply)| (reply, self.prune(cutoff, max_bytes, &mut files)))
+            .collect();
+        if !flush_waiters.is_empty()
+            && let Some(wal) = &self.wal
+        {
+            // `Store::flush` promises everything on disk in sled, feed
+            // state included: a checkpoint answers it.
+            wal.checkpoint(std::mem::take(&mut flush_waiters));
         }
         let applied = Applied {
             meta: self.state.meta,
@@ -435,7 +452,9 @@ impl Writer {
             replies: staged.replies,
             done,
             flush_waiters,
+            pruned,
             commands,
+            files,
         };
         if let Err(std::sync::mpsc::SendError(applied)) = to_flusher.send(applied) {
             let e = StoreError::Failed("the store's flusher thread stopped".into());
@@ -443,6 +462,24 @@ impl Writer {
             fail(applied, &e);
         }
         stop
+    }
+
+    /// Writes a batch to the write-ahead log, then applies it to the log
+    /// tree; notes the WAL file to sync.
+    fn write_ahead(
+        &mut self,
+        batch: wal::Batch,
+        files: &mut Vec<Arc<File>>,
+    ) -> Result<(), StoreError> {
+        let payload = batch.into_payload();
+        let wal = self.wal.as_mut().ok_or(StoreError::Closed)?;
+        let file = wal
+            .append(&payload)
+            .map_err(|e| StoreError::from_sled(sled::Error::Io(e)))?;
+        if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            files.push(file);
+        }
+        wal::apply(&self.log, &payload)
     }
 
     fn stage(
@@ -466,16 +503,22 @@ impl Writer {
         {
             let (seq, us) =
                 keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", alert.id))?;
-            let stored = self
-                .log
-                .get(keys::alert(seq))?
-                .ok_or_else(|| corrupt("id index", alert.id))?;
-            check_same_origin(&decode_record(seq, &stored)?.alert, &alert)?;
-            return Ok(Appended {
-                seq,
-                received_at: from_micros(us),
-                duplicate: true,
-            });
+            match self.log.get(keys::alert(seq))? {
+                Some(stored) => {
+                    check_same_origin(&decode_record(seq, &stored)?.alert, &alert)?;
+                    return Ok(Appended {
+                        seq,
+                        received_at: from_micros(us),
+                        duplicate: true,
+                    });
+                }
+                // An index entry without its record: left by a group that
+                // never became durable (a power cut while sled wrote in the
+                // background), or by a prune. The alert is not stored.
+                None => {
+                    warn!(id = %alert.id, seq = seq.0, "id index points to no record; storing the alert anew")
+                }
+            }
         }
         let seq = self.state.meta.next_seq;
         // Receive times never decrease, so time order is sequence order.
@@ -561,10 +604,11 @@ impl Writer {
         &mut self,
         cutoff: Option<SystemTime>,
         max_bytes: Option<u64>,
+        files: &mut Vec<Arc<File>>,
     ) -> Result<Pruned, StoreError> {
         let cutoff_us = cutoff.map(micros);
         let keep_from = outbox::oldest_seq(&self.log)?.unwrap_or(Seq(u64::MAX));
-        let mut batch = sled::Batch::default();
+        let mut batch = wal::Batch::default();
         let mut pruned = Pruned::default();
         for kv in self
             .log
@@ -595,9 +639,10 @@ impl Writer {
         let before = self.state.meta;
         self.state.meta.bytes = self.state.meta.bytes.saturating_sub(pruned.bytes);
         self.state.meta.save(&before, &mut batch);
-        if let Err(e) = self.log.apply_batch(batch) {
+        if let Err(e) = self.write_ahead(batch, files) {
             self.state.meta = before;
-            return Err(StoreError::from_sled(e));
+            *lock(&self.failed) = Some(e.to_string());
+            return Err(e);
         }
         lock(&self.outlet.recent).forget_through(through);
         Ok(pruned)
@@ -605,10 +650,9 @@ impl Writer {
 }
 
 /// The flusher thread: takes every applied group waiting, makes them durable
-/// with one flush, then makes them visible and answers their callers, in
-/// commit order.
+/// with one `fdatasync` of the write-ahead log, then makes them visible and
+/// answers their callers, in commit order.
 fn flush_loop(
-    db: &sled::Db,
     jobs: &std::sync::mpsc::Receiver<Applied>,
     outlet: &Outlet,
     failed: &Mutex<Option<String>>,
@@ -623,7 +667,16 @@ fn flush_loop(
             ))),
             None => {
                 let started = std::time::Instant::now();
-                let r = db.flush().map(drop).map_err(StoreError::from_sled);
+                let mut files: Vec<&Arc<File>> = Vec::new();
+                for f in groups.iter().flat_map(|g| &g.files) {
+                    if !files.iter().any(|seen| Arc::ptr_eq(seen, f)) {
+                        files.push(f);
+                    }
+                }
+                let r = files
+                    .iter()
+                    .try_for_each(|f| f.sync_data())
+                    .map_err(|e| StoreError::from_sled(sled::Error::Io(e)));
                 metrics::histogram!(crate::metrics::COMMIT_FLUSH_SECONDS)
                     .record(started.elapsed().as_secs_f64());
                 r
@@ -677,8 +730,8 @@ fn publish(outlet: &Outlet, group: Applied) {
     for (reply, r) in group.done {
         let _ = reply.send(r);
     }
-    for reply in group.flush_waiters {
-        let _ = reply.send(Ok(()));
+    for (reply, r) in group.pruned {
+        let _ = reply.send(r);
     }
 }
 
@@ -691,6 +744,9 @@ fn fail(group: Applied, e: &StoreError) {
         let _ = reply.send(Err(clone_err(e)));
     }
     for reply in group.flush_waiters {
+        let _ = reply.send(Err(clone_err(e)));
+    }
+    for (reply, _) in group.pruned {
         let _ = reply.send(Err(clone_err(e)));
     }
 }
