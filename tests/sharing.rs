@@ -405,7 +405,8 @@ async fn a_node_removed_from_the_policy_loses_its_open_feed() {
     .expect("write");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        // Publishing wakes the feed, which re-reads the policy.
+        // The new policy ends the feed even when its window is full of
+        // unacknowledged deliveries (as it soon is here).
         publish(&mut post, alert(pb::Category::Drugs, "after")).await;
         match tokio::time::timeout(std::time::Duration::from_millis(200), feed.next_event()).await {
             Ok(Err(status)) => {

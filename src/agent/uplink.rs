@@ -247,13 +247,16 @@ async fn session(
     }
 }
 
+/// Outbox removals to commit: the seqs and why they leave.
+type Removals = Vec<(Vec<Seq>, Outcome)>;
+
 /// Applies answers to the in-flight queue (answers come in send order): the
 /// outbox removals to commit, and the transient failure that ends the
 /// session, if one was answered.
 fn settle(
     answers: Vec<pb::PublishStreamResponse>,
     in_flight: &mut InFlight,
-) -> Result<(Vec<(Vec<Seq>, Outcome)>, Option<Problem>), Problem> {
+) -> Result<(Removals, Option<Problem>), Problem> {
     let mut forwarded = Vec::new();
     let mut rejected = Vec::new();
     let mut transient = None;

@@ -387,6 +387,17 @@ impl FeedTask {
                 }
             }
             () = sleep_until(deadline), if deadline.is_some() => self.redeliver().await?,
+            // A new policy ends the feed of a node it no longer lets
+            // subscribe at once, even one whose window is full.
+            changed = self.policy.changed() => {
+                if changed.is_err() {
+                    return Err(Some(FeedEnd::ShuttingDown));
+                }
+                let policy = self.policy.borrow_and_update().clone();
+                if let Err(denied) = policy.may_subscribe(&self.owner) {
+                    return Err(Some(FeedEnd::Denied(denied.to_string())));
+                }
+            }
         }
         Ok(())
     }

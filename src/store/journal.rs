@@ -59,7 +59,7 @@ impl Chain {
         );
         staged
             .batch
-            .insert(&keys::audit(record.seq), record.encode_to_vec());
+            .insert(keys::audit(record.seq), record.encode_to_vec());
         self.next_seq += 1;
         self.prev_hash = record.hash;
     }

@@ -1,13 +1,14 @@
 //! The durable store: the only module that touches sled.
 //!
 //! - The **log** holds every accepted alert by sequence number, with an id
-//!   index (dedupe, get by id) and a time index (start from a time, list by
-//!   time range). Exactly one thread, the [writer](writer), changes it: it
-//!   takes every pending append, applies them as one atomic sled batch and
-//!   flushes once for all of them (group commit) before anyone is answered.
+//!   index (dedupe, get by id). Exactly one thread, the [writer](writer),
+//!   changes it: it takes every pending command, writes the group to the
+//!   [write-ahead log](wal), applies it, and a flusher thread syncs the WAL
+//!   once for all groups waiting (group commit) before anyone is answered.
 //! - **Feed state** (filter and cursor of durable feeds) is written directly;
-//!   it becomes durable with the next flush. Losing the newest acks in a
-//!   crash only means redelivery, which at-least-once allows.
+//!   it becomes durable with the next checkpoint (at most a second). Losing
+//!   the newest acks in a crash only means redelivery, which at-least-once
+//!   allows.
 //! - Committed records also go into a small in-memory cache of the newest
 //!   records, so live feeds read them without decoding anything.
 //!
@@ -88,7 +89,7 @@ pub struct StoredFeed {
 pub struct StoreConfig {
     /// sled page cache.
     pub cache_bytes: u64,
-    /// Most appends committed by one flush.
+    /// Most commands committed as one group.
     pub max_batch: usize,
     /// Bytes of decoded records kept in memory for live feeds.
     pub recent_bytes: usize,
@@ -137,8 +138,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_bytes)
-            // We flush explicitly on every commit; the background flusher only
-            // adds I/O.
+            // Durability comes from the write-ahead log; sled is flushed at
+            // its checkpoints, so sled's own background flusher only adds
+            // I/O.
             .flush_every_ms(None)
             .open()
             .map_err(StoreError::from_sled)?;
@@ -159,12 +161,13 @@ impl Store {
             log: log.clone(),
             wal: Some(wal),
             rx,
-            outlet: writer::Outlet {
+            outlet: Arc::new(writer::Outlet {
                 head: head_tx,
                 meta: meta_tx,
                 recent: recent.clone(),
                 receipts: receipts_tx,
-            },
+            }),
+            in_flusher: Arc::default(),
             state,
             max_batch: config.max_batch,
             failed,
@@ -201,7 +204,7 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Appends a validated alert and answers once it is flushed to disk, or
+    /// Appends a validated alert and answers once it is synced to disk, or
     /// with the original sequence if its id is already stored.
     ///
     /// # Errors
@@ -398,7 +401,7 @@ impl Store {
             .transpose()
     }
 
-    /// Saves the state of a durable feed (durable with the next flush).
+    /// Saves the state of a durable feed (durable with the next checkpoint).
     ///
     /// # Errors
     /// On a storage failure.

@@ -90,7 +90,7 @@ pub(super) fn enqueue(
     }
     staged
         .batch
-        .insert(&keys::outbox(class, record.seq), &size.to_be_bytes());
+        .insert(keys::outbox(class, record.seq), size.to_be_bytes());
     staged.outbox.insert(record.seq, (class, size));
     meta.outbox_count += 1;
     meta.outbox_bytes += size;
@@ -155,10 +155,10 @@ fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<Option
     let Some(size) = size else {
         return Ok(None);
     };
-    staged.batch.remove(&keys::outbox(ROUTINE, seq));
+    staged.batch.remove(keys::outbox(ROUTINE, seq));
     staged
         .batch
-        .insert(&keys::outbox(PRIORITY, seq), &size.to_be_bytes());
+        .insert(keys::outbox(PRIORITY, seq), size.to_be_bytes());
     staged.outbox.insert(seq, (PRIORITY, size));
     Ok(Some(seq))
 }
@@ -188,7 +188,7 @@ pub(super) fn finish(
         let Some((class, size)) = entry else {
             continue;
         };
-        staged.batch.remove(&keys::outbox(class, *seq));
+        staged.batch.remove(keys::outbox(class, *seq));
         staged.outbox.remove(seq);
         staged.removed.insert(*seq);
         meta.outbox_count = meta.outbox_count.saturating_sub(1);

@@ -180,13 +180,14 @@ impl Wal {
         let mut pending = BTreeMap::new();
         let mut newest = checkpoint;
         for path in &files {
-            let bytes = std::fs::read(path).map_err(io_err)?;
-            for (lsn, payload) in Records::new(&bytes) {
+            let file = File::open(path).map_err(io_err)?;
+            read_records(&file, |lsn, payload| {
                 newest = newest.max(lsn);
                 if lsn > checkpoint {
-                    pending.insert(lsn, payload.to_vec());
+                    pending.insert(lsn, payload);
                 }
-            }
+            })
+            .map_err(io_err)?;
         }
         let mut replayed = 0u64;
         let mut expected = checkpoint + 1;
@@ -401,6 +402,11 @@ fn open_file(path: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(path)
         .map_err(io_err)?;
+    // A new file gets its full size at once (sparse): an `fdatasync` then
+    // has no file size to persist with each append.
+    if file.metadata().map_err(io_err)?.len() < FILE_BYTES {
+        file.set_len(FILE_BYTES).map_err(io_err)?;
+    }
     // The new name must survive a crash too.
     if let Some(dir) = path.parent() {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
@@ -424,34 +430,34 @@ fn io_err(e: io::Error) -> StoreError {
     StoreError::from_sled(sled::Error::Io(e))
 }
 
-/// The valid records at the start of a file: it ends at the first record
-/// that is cut short or fails its CRC (a torn write, or zeros).
-struct Records<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Records<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Records { bytes }
-    }
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = (u64, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let header = self.bytes.get(..HEADER)?;
-        let crc = u32::from_le_bytes(header[..4].try_into().ok()?);
-        let len = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
-        let lsn = u64::from_le_bytes(header[8..16].try_into().ok()?);
-        let record = self.bytes.get(..HEADER + len)?;
-        if lsn == 0 || crc32fast::hash(&record[4..]) != crc {
-            self.bytes = &[];
-            return None;
+/// Calls `each` with the valid records at the start of a file, in order:
+/// it ends at the first record that is cut short or fails its CRC (a torn
+/// write, or the zeros of the file's unused end). Reads record by record.
+fn read_records(file: &File, mut each: impl FnMut(u64, Vec<u8>)) -> io::Result<()> {
+    let size = file.metadata()?.len();
+    let mut offset = 0u64;
+    let mut header = [0u8; HEADER];
+    while offset + HEADER as u64 <= size {
+        file.read_exact_at(&mut header, offset)?;
+        let [c0, c1, c2, c3, l0, l1, l2, l3, lsn @ ..] = header;
+        let crc = u32::from_le_bytes([c0, c1, c2, c3]);
+        let len = u64::from(u32::from_le_bytes([l0, l1, l2, l3]));
+        let lsn = u64::from_le_bytes(lsn);
+        if lsn == 0 || offset + HEADER as u64 + len > size {
+            break;
         }
-        self.bytes = &self.bytes[HEADER + len..];
-        Some((lsn, &record[HEADER..]))
+        let mut payload = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        file.read_exact_at(&mut payload, offset + HEADER as u64)?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header[4..]);
+        hasher.update(&payload);
+        if hasher.finalize() != crc {
+            break;
+        }
+        each(lsn, payload);
+        offset += HEADER as u64 + len;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -499,10 +505,10 @@ mod tests {
     #[test]
     fn open_replays_synced_records_and_ignores_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
+        let one = batch(&[("k1", Some("v1")), ("k2", Some("v2"))]).into_payload();
+        let two = batch(&[("k1", None), ("k3", Some("v3"))]).into_payload();
         {
             let (_db, _log, mut wal) = open(dir.path());
-            let one = batch(&[("k1", Some("v1")), ("k2", Some("v2"))]).into_payload();
-            let two = batch(&[("k1", None), ("k3", Some("v3"))]).into_payload();
             wal.append(&one).unwrap();
             wal.append(&two).unwrap().sync_data().unwrap();
             // A crash: the checkpointer must not run, so leak the WAL.
@@ -510,12 +516,15 @@ mod tests {
             let _ = wal.checkpointer.take().map(std::thread::JoinHandle::join);
             std::mem::forget(wal);
         }
-        // Tear a third record half-way.
+        // Tear a third record half-way, right after the second.
         let path = dir.path().join("wal/0.log");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let end = bytes.len();
-        bytes.extend_from_slice(&[1, 2, 3, 4, 200, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1]);
-        std::fs::write(&path, &bytes).unwrap();
+        let end = (2 * HEADER + one.len() + two.len()) as u64;
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&[1, 2, 3, 4, 200, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1], end)
+            .unwrap();
         {
             let (_db, log, wal) = open(dir.path());
             assert_eq!(log.get("k1").unwrap(), None);
@@ -525,7 +534,6 @@ mod tests {
                 wal.next_lsn, 3,
                 "numbering goes on after the last good record"
             );
-            assert!(end > 0);
         }
         // Checkpointed: a third open replays nothing, even after the values
         // change behind the WAL's back.
@@ -534,6 +542,15 @@ mod tests {
         drop((_db, log, _wal));
         let (_db, log, _wal) = open(dir.path());
         assert_eq!(log.get("k2").unwrap().unwrap(), "changed".as_bytes());
+    }
+
+    fn records_of(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        std::fs::write(&path, bytes).unwrap();
+        let mut out = Vec::new();
+        read_records(&File::open(&path).unwrap(), |lsn, p| out.push((lsn, p))).unwrap();
+        out
     }
 
     #[test]
@@ -548,14 +565,14 @@ mod tests {
             let crc = crc32fast::hash(&buf[start + 4..]);
             buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
         }
-        let all: Vec<_> = Records::new(&buf).collect();
-        assert_eq!(all, vec![(1, &b"abc"[..]), (2, &b"de"[..])]);
+        let all = records_of(&buf);
+        assert_eq!(all, vec![(1, b"abc".to_vec()), (2, b"de".to_vec())]);
         let mut zeros = buf.clone();
         zeros.extend_from_slice(&[0; 64]);
-        assert_eq!(Records::new(&zeros).count(), 2);
+        assert_eq!(records_of(&zeros).len(), 2);
         let last = buf.len() - 1;
         buf[last] ^= 1;
-        assert_eq!(Records::new(&buf).count(), 1);
+        assert_eq!(records_of(&buf).len(), 1);
     }
 
     /// Files fill, are checkpointed and reused; a reopen after that replays
