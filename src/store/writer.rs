@@ -95,6 +95,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Roughly the bytes this command adds to a group's write-ahead record.
+    fn weight(&self) -> usize {
+        match self {
+            Command::Append { alert, .. } => prost::Message::encoded_len(&alert.body),
+            _ => 0,
+        }
+    }
+}
+
+/// A group stops growing at this many bytes of alerts (besides
+/// `max_batch` commands): it bounds the write-ahead record, the memory of a
+/// group and the latency of its callers when alerts are large.
+const GROUP_BYTES: usize = 32 * 1024 * 1024;
+
 /// Counters kept in `m…` keys of the log, written with every commit that
 /// changes them (so they are exactly as durable as the alerts they count).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -303,10 +318,14 @@ impl Writer {
         };
         let mut stop = None;
         while let Some(first) = self.rx.blocking_recv() {
+            let mut bytes = first.weight();
             let mut group = vec![first];
-            while group.len() < self.max_batch {
+            while group.len() < self.max_batch && bytes < GROUP_BYTES {
                 match self.rx.try_recv() {
-                    Ok(cmd) => group.push(cmd),
+                    Ok(cmd) => {
+                        bytes += cmd.weight();
+                        group.push(cmd);
+                    }
                     Err(_) => break,
                 }
             }
