@@ -8,6 +8,7 @@
 //! D/ca.crt  D/ca.key            the certificate authority
 //! D/broker.crt  D/broker.key    the broker (localhost, 127.0.0.1, ::1, --host …)
 //! D/<name>.crt  D/<name>.key    a node, SAN URI urn:liaison:<CC>:<agency>:<node>
+//! D/ca.crl                      revoked certificates (`liaison certs revoke`)
 //! ```
 //!
 //! Real deployments use their own national PKI; this one exists so that a fresh
@@ -30,6 +31,9 @@ use crate::identity::NodeId;
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const BROKER_NAME: &str = "broker";
+/// The CA's certificate revocation list, beside `ca.crt`; the broker reloads
+/// it while running.
+pub const CA_CRL: &str = "ca.crl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -51,6 +55,12 @@ pub enum PkiError {
         "`{0}` is not a valid file name for a node (use [A-Za-z0-9_.-], not starting with a dot)"
     )]
     BadName(String),
+    #[error("{path} is not a valid {what}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
 }
 
 /// A certificate and its private key, both PEM.
@@ -245,6 +255,131 @@ pub fn issue_node(
     Ok(Written {
         files: write_leaf(dir, name, &leaf)?,
     })
+}
+
+/// What `liaison certs revoke` did.
+#[derive(Debug)]
+pub struct Revocation {
+    /// The revoked certificate's serial number, hex.
+    pub serial: String,
+    /// Whether it was already on the list.
+    pub already: bool,
+    /// How many certificates the list now holds.
+    pub listed: usize,
+    pub crl: PathBuf,
+}
+
+/// `liaison certs revoke`: adds `dir/<name>.crt` to `dir/ca.crl`, a CRL
+/// signed by the CA with every earlier entry kept and its number raised. A
+/// running broker picks it up (within its poll interval, or at SIGHUP),
+/// refuses the certificate at new handshakes and closes its open
+/// connections.
+///
+/// # Errors
+/// When the certificate, the CA or an existing list cannot be read, or
+/// writing fails.
+pub fn revoke(dir: &Path, name: &str) -> Result<Revocation, PkiError> {
+    check_name(name)?;
+    let ca = Ca::load(dir)?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let serial = cert_serial(&cert_path, &read(&cert_path)?)?;
+    let crl_path = dir.join(CA_CRL);
+    let (mut revoked, number) = if crl_path.exists() {
+        read_crl(&crl_path)?
+    } else {
+        (Vec::new(), 0)
+    };
+    let now = OffsetDateTime::now_utc();
+    let already = revoked.iter().any(|(s, _)| *s == serial);
+    if !already {
+        revoked.push((serial.clone(), now));
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(365),
+        crl_number: rcgen::SerialNumber::from((number + 1).to_be_bytes().to_vec()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|(serial, when)| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial.clone()),
+                revocation_time: *when,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, &ca.key)?;
+    let crl = params.signed_by(&issuer)?;
+    // Written beside and renamed, so a broker never reads half a list.
+    let tmp = dir.join(format!("{CA_CRL}.new"));
+    write_file(&tmp, &crl.pem()?, false)?;
+    fs::rename(&tmp, &crl_path).map_err(|source| PkiError::Write {
+        path: crl_path.clone(),
+        source,
+    })?;
+    Ok(Revocation {
+        serial: hex(&serial),
+        already,
+        listed: revoked.len(),
+        crl: crl_path,
+    })
+}
+
+/// The serial number of the first certificate of a PEM file.
+fn cert_serial(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
+    let invalid = |reason: String| PkiError::Invalid {
+        path: path.to_owned(),
+        what: "certificate",
+        reason,
+    };
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .ok_or_else(|| invalid("no PEM certificate".into()))?
+        .map_err(|e| invalid(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| invalid(e.to_string()))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// A CRL's entries: serial number and revocation time.
+pub type CrlEntries = Vec<(Vec<u8>, OffsetDateTime)>;
+
+/// The entries and the number of a CRL file.
+///
+/// # Errors
+/// When the file cannot be read or is not a CRL.
+pub fn read_crl(path: &Path) -> Result<(CrlEntries, u64), PkiError> {
+    let invalid = |reason: String| PkiError::Invalid {
+        path: path.to_owned(),
+        what: "certificate revocation list",
+        reason,
+    };
+    let pem = read(path)?;
+    let der = rustls_pemfile::crls(&mut pem.as_bytes())
+        .next()
+        .ok_or_else(|| invalid("no PEM CRL".into()))?
+        .map_err(|e| invalid(e.to_string()))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| invalid(e.to_string()))?;
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let when = OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            (r.raw_serial().to_vec(), when)
+        })
+        .collect();
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n.clone()).ok())
+        .unwrap_or(0);
+    Ok((entries, number))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `dir/<name>.crt` and `dir/<name>.key` (mode 0600).

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::AdminService;
 use crate::broker::{Broker, BrokerConfig};
@@ -36,6 +36,9 @@ pub struct ServeConfig {
     /// How often the policy file is checked for changes (SIGHUP reloads at
     /// once).
     pub policy_poll: Duration,
+    /// How often `ca.crl` beside the CA certificate is checked for changes
+    /// (SIGHUP reloads at once).
+    pub revocation_poll: Duration,
 }
 
 impl ServeConfig {
@@ -48,6 +51,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             policy_file: None,
             policy_poll: Duration::from_secs(2),
+            revocation_poll: Duration::from_secs(2),
         }
     }
 }
@@ -163,7 +167,16 @@ pub async fn run(
         on_refused: Some(on_refused),
         connections: Some(connections.clone()),
     };
-    let incoming = tls::incoming(listener, tls_config, shutdown.child_token(), hooks);
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls_config);
+    tokio::spawn(watch_revocations(
+        config.tls.clone(),
+        tls_tx,
+        connections.clone(),
+        broker.clone(),
+        config.revocation_poll,
+        shutdown.child_token(),
+    ));
+    let incoming = tls::incoming(listener, tls_rx, shutdown.child_token(), hooks);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -261,6 +274,72 @@ async fn watch_policy_file(
                     .join("; ");
                 broker.policy_rejected(&source, &reason).await;
             }
+        }
+    }
+}
+
+/// Re-reads `ca.crl` (beside `ca.crt`) every `poll` and at SIGHUP. A changed
+/// list is put in force for new handshakes, and the open connections of
+/// every certificate it revokes are closed (logged and audited). A list
+/// that cannot be read or parsed is refused and the previous one stays.
+async fn watch_revocations(
+    files: TlsFiles,
+    configs: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+    connections: tls::Connections,
+    broker: Broker,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let path = tls::crl_path(&files);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(poll);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
+        }
+        let now = std::fs::read(&path).ok();
+        if now == last {
+            continue;
+        }
+        last = now;
+        let config = match tls::server_config(&files) {
+            Ok(config) => config,
+            Err(e) => {
+                error!(error = %e, "certificate revocation list refused; the previous one stays in force");
+                continue;
+            }
+        };
+        configs.send_replace(config);
+        let revoked: std::collections::HashSet<Vec<u8>> = if path.exists() {
+            match crate::pki::read_crl(&path) {
+                Ok((entries, _)) => entries.into_iter().map(|(serial, _)| serial).collect(),
+                Err(e) => {
+                    warn!(error = %e, "cannot list the revoked serial numbers; open connections stay");
+                    continue;
+                }
+            }
+        } else {
+            std::collections::HashSet::new()
+        };
+        info!(path = %path.display(), revoked = revoked.len(), "certificate revocation list in force");
+        for conn in connections.close_revoked(&revoked) {
+            let node = conn
+                .node
+                .as_ref()
+                .map_or_else(|| "(no identity)".to_owned(), ToString::to_string);
+            warn!(%node, remote = %conn.remote, "certificate revoked: connection closed");
+            broker
+                .auth_failure(
+                    &conn.remote.to_string(),
+                    &format!(
+                        "certificate {} of {node} revoked: connection closed",
+                        crate::pki::hex(&conn.serial)
+                    ),
+                )
+                .await;
         }
     }
 }

@@ -7,6 +7,7 @@
 //! logged once with its reason, and the caller's identity is parsed once per
 //! connection and travels with it as [`Peer`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -107,8 +108,34 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
+/// The revocation list that goes with a CA file: `ca.crl` beside it.
+pub fn crl_path(files: &TlsFiles) -> PathBuf {
+    files.ca.with_file_name(crate::pki::CA_CRL)
+}
+
+/// Reads the CRLs of a PEM file.
+fn load_crls(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let crls = rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate revocation list",
+        });
+    }
+    Ok(crls)
+}
+
 /// The broker's rustls configuration: TLS 1.3 only, a client certificate
-/// signed by `files.ca` required, HTTP/2 by ALPN.
+/// signed by `files.ca` and not revoked by `ca.crl` beside it (when there is
+/// one) required, HTTP/2 by ALPN.
 ///
 /// # Errors
 /// When a file is missing or malformed, or the key does not match.
@@ -121,7 +148,18 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             reason: e.to_string(),
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let crl = crl_path(files);
+    if crl.exists() {
+        // Only node certificates are revoked by the list; a certificate of
+        // another CA in `ca.crt` (during a rotation) has no status there.
+        verifier = verifier
+            .with_crls(load_crls(&crl)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = verifier
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -149,20 +187,24 @@ pub struct ConnInfo {
     pub node: Option<NodeId>,
     pub remote: SocketAddr,
     pub since: std::time::SystemTime,
+    /// The serial number of the client certificate.
+    pub serial: Vec<u8>,
 }
 
-/// The open connections of a listener. A std mutex: held to insert or
-/// remove one entry, or to copy the list.
+type Open = std::collections::HashMap<u64, (ConnInfo, CancellationToken)>;
+
+/// The open connections of a listener, each with a token that closes it. A
+/// std mutex: held to insert or remove one entry, or to copy the list.
 #[derive(Clone, Default)]
 pub struct Connections {
-    open: Arc<std::sync::Mutex<std::collections::HashMap<u64, ConnInfo>>>,
+    open: Arc<std::sync::Mutex<Open>>,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Connections {
-    fn register(&self, info: ConnInfo) -> ConnGuard {
+    fn register(&self, info: ConnInfo, close: CancellationToken) -> ConnGuard {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(id, info);
+        self.lock().insert(id, (info, close));
         metrics::gauge!(crate::metrics::CONNECTED_NODES).increment(1.0);
         ConnGuard {
             id,
@@ -170,15 +212,28 @@ impl Connections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, ConnInfo>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The open connections, oldest first.
     pub fn list(&self) -> Vec<ConnInfo> {
-        let mut all: Vec<ConnInfo> = self.lock().values().cloned().collect();
+        let mut all: Vec<ConnInfo> = self.lock().values().map(|(c, _)| c.clone()).collect();
         all.sort_by_key(|c| c.since);
         all
+    }
+
+    /// Closes every open connection whose certificate serial is in
+    /// `revoked`; returns them.
+    pub fn close_revoked(&self, revoked: &std::collections::HashSet<Vec<u8>>) -> Vec<ConnInfo> {
+        let mut closed = Vec::new();
+        for (info, close) in self.lock().values() {
+            if revoked.contains(&info.serial) && !close.is_cancelled() {
+                close.cancel();
+                closed.push(info.clone());
+            }
+        }
+        closed
     }
 }
 
@@ -229,6 +284,24 @@ pub struct PeerStream<S = tokio_rustls::server::TlsStream<TcpStream>> {
     peer: Peer,
     /// Keeps the connection listed while it is open.
     _registered: Option<ConnGuard>,
+    /// Resolves when the connection must end (its certificate was revoked):
+    /// reads and writes then fail, and hyper drops the connection with its
+    /// streams.
+    closed: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+}
+
+impl<S> PeerStream<S> {
+    fn check_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(closed) = self.closed.as_mut()
+            && closed.as_mut().poll(cx).is_ready()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer's certificate was revoked",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<S> Connected for PeerStream<S> {
@@ -245,6 +318,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for PeerStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -255,6 +329,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -271,6 +346,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -287,16 +363,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
 /// refused (the broker records it in the audit trail).
 pub type RefusalHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
 
+///
+/// Each handshake uses the configuration `config` holds at that moment, so a
+/// reloaded revocation list applies to the next connection.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: watch::Receiver<Arc<ServerConfig>>,
     shutdown: CancellationToken,
     hooks: Hooks,
 ) -> ReceiverStream<Result<PeerStream, io::Error>> {
     // The accept loop holds the sender; tonic holds the receiver. Bounded so
     // that a flood of handshakes cannot queue without limit.
     let (tx, rx) = mpsc::channel(256);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -312,7 +390,7 @@ pub fn incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             let hooks = hooks.clone();
             tokio::spawn(async move {
@@ -352,6 +430,7 @@ pub fn incoming_plain(
                         inner: tcp,
                         peer,
                         _registered: None,
+                        closed: None,
                     };
                     if tx.send(Ok(stream)).await.is_err() {
                         break;
@@ -389,9 +468,14 @@ async fn handshake(
             return None;
         }
     };
-    let identity = match tls.get_ref().1.peer_certificates() {
-        Some([leaf, ..]) => NodeId::from_certificate(leaf),
-        _ => Err(IdentityError::NoCertificate),
+    let (identity, serial) = match tls.get_ref().1.peer_certificates() {
+        Some([leaf, ..]) => (
+            NodeId::from_certificate(leaf),
+            x509_parser::parse_x509_certificate(leaf)
+                .map(|(_, c)| c.raw_serial().to_vec())
+                .unwrap_or_default(),
+        ),
+        _ => (Err(IdentityError::NoCertificate), Vec::new()),
     };
     match &identity {
         Ok(node) => debug!(%remote, %node, "node connected"),
@@ -401,16 +485,22 @@ async fn handshake(
                 .increment(1);
         }
     }
+    let close = CancellationToken::new();
     let registered = hooks.connections.map(|c| {
-        c.register(ConnInfo {
-            node: identity.as_ref().ok().cloned(),
-            remote,
-            since: std::time::SystemTime::now(),
-        })
+        c.register(
+            ConnInfo {
+                node: identity.as_ref().ok().cloned(),
+                remote,
+                since: std::time::SystemTime::now(),
+                serial,
+            },
+            close.clone(),
+        )
     });
     Some(PeerStream {
         inner: tls,
         peer: Peer { identity, remote },
         _registered: registered,
+        closed: Some(Box::pin(close.cancelled_owned())),
     })
 }

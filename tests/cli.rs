@@ -90,6 +90,29 @@ fn certs_init_and_issue_write_the_documented_layout() {
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a liaison identity"));
+
+    // Revocation writes a signed list beside the CA; a second time is a no-op.
+    let revoked = ok(liaison(
+        &["certs", "revoke", "--dir", "pki", "--name", "ishkashim"],
+        dir.path(),
+    ));
+    assert!(revoked.contains("revoked ishkashim.crt"), "{revoked}");
+    let crl = std::fs::read_to_string(dir.path().join("pki/ca.crl")).expect("ca.crl");
+    assert!(crl.starts_with("-----BEGIN X509 CRL"), "{crl}");
+    let again = ok(liaison(
+        &["certs", "revoke", "--dir", "pki", "--name", "ishkashim"],
+        dir.path(),
+    ));
+    assert!(
+        again.contains("already revoked") && again.contains("(1 revoked)"),
+        "{again}"
+    );
+    let missing = liaison(
+        &["certs", "revoke", "--dir", "pki", "--name", "nobody"],
+        dir.path(),
+    );
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nobody.crt"));
 }
 
 #[test]

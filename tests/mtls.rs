@@ -129,3 +129,52 @@ async fn certificates_without_exactly_one_valid_liaison_uri_are_unauthenticated(
         assert!(err.contains(expected), "{name}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_and_its_open_feed_is_closed() {
+    let broker = TestBroker::start_with(|c| c.revocation_poll = Duration::from_millis(50)).await;
+    let officer = broker.pki.node(AF_OFFICE);
+    let post = broker.pki.node(TJ_POST);
+    let mut client = broker.client(AF_OFFICE).await;
+    let mut feed = Subscriber::open(&mut client, open("main", pb::Filter::default())).await;
+
+    let name = AF_OFFICE.replace(':', "_");
+    let revoked = liaison::pki::revoke(broker.pki.path(), &name).expect("revoke");
+    assert!(!revoked.already);
+    assert_eq!(revoked.listed, 1);
+
+    // The open feed ends: the broker closed the connection.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(_)) = feed.next_event().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the feed of a revoked certificate stayed open"
+    );
+    // New handshakes with it are refused, with the reason.
+    let err = attempt(&broker, &officer).await.expect_err("refused");
+    assert!(err.contains("Revoked"), "{err}");
+    // Everybody else is unaffected, and revoking again changes nothing.
+    assert_eq!(attempt(&broker, &post).await, Ok(TJ_POST.to_owned()));
+    let again = liaison::pki::revoke(broker.pki.path(), &name).expect("revoke again");
+    assert!(again.already);
+    assert_eq!(again.listed, 1);
+}
+
+#[tokio::test]
+async fn a_broker_started_with_a_revocation_list_refuses_what_it_lists() {
+    let pki = Pki::new();
+    let node: liaison::identity::NodeId = TJ_POST.parse().expect("urn");
+    liaison::pki::issue_node(pki.path(), &node, "post", 30, false).expect("issue");
+    liaison::pki::revoke(pki.path(), "post").expect("revoke");
+    let broker = TestBroker::start_in(pki, |_| {}).await;
+    let err = attempt(&broker, &TlsFiles::in_dir(broker.pki.path(), "post"))
+        .await
+        .expect_err("refused");
+    assert!(err.contains("Revoked"), "{err}");
+    assert_eq!(
+        attempt(&broker, &broker.pki.node(AF_OFFICE)).await,
+        Ok(AF_OFFICE.to_owned())
+    );
+}

@@ -204,7 +204,7 @@ pub async fn run(
         Some(tls_config) => {
             let incoming = tls::incoming(
                 listener,
-                tls_config,
+                tokio::sync::watch::channel(tls_config).1,
                 shutdown.child_token(),
                 tls::Hooks::default(),
             );

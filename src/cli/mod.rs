@@ -156,6 +156,17 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke D/NAME.crt: add it to D/ca.crl, signed by D/ca.key. A running
+    /// broker using D re-reads the list within seconds (or at SIGHUP),
+    /// refuses the certificate and closes its open connections.
+    Revoke {
+        /// Directory holding ca.crt, ca.key and NAME.crt.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The certificate's file name (NAME.crt).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Runs a parsed command line.
@@ -300,6 +311,20 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             days,
             force,
         } => crate::pki::issue_node(&dir, &node, &name, days, force)?,
+        CertsCommand::Revoke { dir, name } => {
+            let r = crate::pki::revoke(&dir, &name)?;
+            if r.already {
+                println!("{name}.crt (serial {}) was already revoked", r.serial);
+            } else {
+                println!("revoked {name}.crt (serial {})", r.serial);
+            }
+            println!(
+                "wrote {} ({} revoked); a running broker applies it within seconds, or at SIGHUP",
+                r.crl.display(),
+                r.listed
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     for f in written.files {
         println!("wrote {}", f.display());

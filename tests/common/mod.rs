@@ -89,7 +89,11 @@ impl TestBroker {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut ServeConfig)) -> TestBroker {
-        let pki = Pki::new();
+        Self::start_in(Pki::new(), tune).await
+    }
+
+    /// A broker using an existing PKI directory.
+    pub async fn start_in(pki: Pki, tune: impl FnOnce(&mut ServeConfig)) -> TestBroker {
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = ServeConfig::new(pki.broker_files(), data.path().join("store"));
         config.shutdown_grace = Duration::from_secs(5);
