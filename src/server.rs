@@ -36,9 +36,9 @@ pub struct ServeConfig {
     /// How often the policy file is checked for changes (SIGHUP reloads at
     /// once).
     pub policy_poll: Duration,
-    /// How often `ca.crl` beside the CA certificate is checked for changes
-    /// (SIGHUP reloads at once).
-    pub revocation_poll: Duration,
+    /// How often the TLS files (CA, certificate, key, and `ca.crl` beside
+    /// the CA) are checked for changes (SIGHUP reloads at once).
+    pub tls_poll: Duration,
 }
 
 impl ServeConfig {
@@ -51,7 +51,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             policy_file: None,
             policy_poll: Duration::from_secs(2),
-            revocation_poll: Duration::from_secs(2),
+            tls_poll: Duration::from_secs(2),
         }
     }
 }
@@ -168,12 +168,12 @@ pub async fn run(
         connections: Some(connections.clone()),
     };
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls_config);
-    tokio::spawn(watch_revocations(
+    tokio::spawn(watch_tls_files(
         config.tls.clone(),
         tls_tx,
         connections.clone(),
         broker.clone(),
-        config.revocation_poll,
+        config.tls_poll,
         shutdown.child_token(),
     ));
     let incoming = tls::incoming(listener, tls_rx, shutdown.child_token(), hooks);
@@ -278,11 +278,14 @@ async fn watch_policy_file(
     }
 }
 
-/// Re-reads `ca.crl` (beside `ca.crt`) every `poll` and at SIGHUP. A changed
-/// list is put in force for new handshakes, and the open connections of
-/// every certificate it revokes are closed (logged and audited). A list
-/// that cannot be read or parsed is refused and the previous one stays.
-async fn watch_revocations(
+/// Re-reads the TLS files — the CA, the broker's certificate and key, and
+/// `ca.crl` beside the CA — every `poll` and at SIGHUP. A changed set is put
+/// in force for new handshakes (certificate rotation without a restart), and
+/// the open connections of every certificate the list revokes are closed
+/// (logged and audited). A set that does not load (a key that does not match
+/// its certificate half-way through a rotation, a list that does not parse)
+/// is refused and the previous one stays, until the files change again.
+async fn watch_tls_files(
     files: TlsFiles,
     configs: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
     connections: tls::Connections,
@@ -291,8 +294,9 @@ async fn watch_revocations(
     shutdown: CancellationToken,
 ) {
     let path = tls::crl_path(&files);
+    let read_all = || [&files.ca, &files.cert, &files.key, &path].map(|p| std::fs::read(p).ok());
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = std::fs::read(&path).ok();
+    let mut last = read_all();
     let mut tick = tokio::time::interval(poll);
     loop {
         tokio::select! {
@@ -300,7 +304,7 @@ async fn watch_revocations(
             _ = tick.tick() => {}
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
         }
-        let now = std::fs::read(&path).ok();
+        let now = read_all();
         if now == last {
             continue;
         }
@@ -308,10 +312,11 @@ async fn watch_revocations(
         let config = match tls::server_config(&files) {
             Ok(config) => config,
             Err(e) => {
-                error!(error = %e, "certificate revocation list refused; the previous one stays in force");
+                error!(error = %e, "changed TLS files refused; the previous certificates and revocation list stay in force");
                 continue;
             }
         };
+        info!(ca = %files.ca.display(), cert = %files.cert.display(), "TLS files reloaded; new connections use them");
         configs.send_replace(config);
         let revoked: std::collections::HashSet<Vec<u8>> = if path.exists() {
             match crate::pki::read_crl(&path) {

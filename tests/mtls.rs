@@ -132,7 +132,7 @@ async fn certificates_without_exactly_one_valid_liaison_uri_are_unauthenticated(
 
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_and_its_open_feed_is_closed() {
-    let broker = TestBroker::start_with(|c| c.revocation_poll = Duration::from_millis(50)).await;
+    let broker = TestBroker::start_with(|c| c.tls_poll = Duration::from_millis(50)).await;
     let officer = broker.pki.node(AF_OFFICE);
     let post = broker.pki.node(TJ_POST);
     let mut client = broker.client(AF_OFFICE).await;
@@ -177,4 +177,35 @@ async fn a_broker_started_with_a_revocation_list_refuses_what_it_lists() {
         attempt(&broker, &broker.pki.node(AF_OFFICE)).await,
         Ok(AF_OFFICE.to_owned())
     );
+}
+
+#[tokio::test]
+async fn the_broker_takes_new_certificates_without_a_restart() {
+    let broker = TestBroker::start_with(|c| c.tls_poll = Duration::from_millis(50)).await;
+    let old = broker.pki.node(TJ_POST);
+    assert_eq!(attempt(&broker, &old).await, Ok(TJ_POST.to_owned()));
+
+    // A new CA and broker certificate replace the old ones in place, one
+    // file after the other (a half-rotated set is refused until complete).
+    let fresh = Pki::new();
+    let new_node = fresh.node(AF_OFFICE);
+    for f in ["ca.crt", "broker.crt", "broker.key"] {
+        std::fs::copy(fresh.path().join(f), broker.pki.path().join(f)).expect("copy");
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match attempt(&broker, &new_node).await {
+            Ok(id) => {
+                assert_eq!(id, AF_OFFICE);
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the new certificates were never used: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Certificates of the old CA no longer get in.
+    assert!(attempt(&broker, &old).await.is_err());
 }
