@@ -296,7 +296,14 @@ async fn watch_tls_files(
     let path = tls::crl_path(&files);
     let read_all = || [&files.ca, &files.cert, &files.key, &path].map(|p| std::fs::read(p).ok());
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = read_all();
+    // The set in force, and a changed set that was refused (not retried,
+    // nor logged again, until the files change once more).
+    let mut applied = read_all();
+    let mut refused = None;
+    match revoked_serials(&path) {
+        Ok(revoked) => drop(connections.close_revoked(revoked)),
+        Err(e) => warn!(error = %e, "cannot list the revoked serial numbers"),
+    }
     let mut tick = tokio::time::interval(poll);
     loop {
         tokio::select! {
@@ -305,32 +312,25 @@ async fn watch_tls_files(
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
         }
         let now = read_all();
-        if now == last {
+        if now == applied || refused.as_ref() == Some(&now) {
             continue;
         }
-        last = now;
-        let config = match tls::server_config(&files) {
-            Ok(config) => config,
+        let loaded = tls::server_config(&files)
+            .map_err(|e| e.to_string())
+            .and_then(|config| Ok((config, revoked_serials(&path).map_err(|e| e.to_string())?)));
+        let (config, revoked) = match loaded {
+            Ok(loaded) => loaded,
             Err(e) => {
                 error!(error = %e, "changed TLS files refused; the previous certificates and revocation list stay in force");
+                refused = Some(now);
                 continue;
             }
         };
-        info!(ca = %files.ca.display(), cert = %files.cert.display(), "TLS files reloaded; new connections use them");
+        applied = now;
+        refused = None;
         configs.send_replace(config);
-        let revoked: std::collections::HashSet<Vec<u8>> = if path.exists() {
-            match crate::pki::read_crl(&path) {
-                Ok((entries, _)) => entries.into_iter().map(|(serial, _)| serial).collect(),
-                Err(e) => {
-                    warn!(error = %e, "cannot list the revoked serial numbers; open connections stay");
-                    continue;
-                }
-            }
-        } else {
-            std::collections::HashSet::new()
-        };
-        info!(path = %path.display(), revoked = revoked.len(), "certificate revocation list in force");
-        for conn in connections.close_revoked(&revoked) {
+        info!(ca = %files.ca.display(), cert = %files.cert.display(), revoked = revoked.len(), "TLS files and revocation list reloaded; new connections use them");
+        for conn in connections.close_revoked(revoked) {
             let node = conn
                 .node
                 .as_ref()
@@ -347,6 +347,17 @@ async fn watch_tls_files(
                 .await;
         }
     }
+}
+
+/// The serial numbers `ca.crl` revokes (none without the file).
+fn revoked_serials(
+    path: &std::path::Path,
+) -> Result<std::collections::HashSet<Vec<u8>>, crate::pki::PkiError> {
+    if !path.exists() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let (entries, _) = crate::pki::read_crl(path)?;
+    Ok(entries.into_iter().map(|(serial, _)| serial).collect())
 }
 
 /// Logs SIGHUP (there is no policy file to reload) instead of dying of it.

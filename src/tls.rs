@@ -191,7 +191,13 @@ pub struct ConnInfo {
     pub serial: Vec<u8>,
 }
 
-type Open = std::collections::HashMap<u64, (ConnInfo, CancellationToken)>;
+#[derive(Default)]
+struct Open {
+    conns: std::collections::HashMap<u64, (ConnInfo, CancellationToken)>,
+    /// The serials revoked by the list in force: a connection whose
+    /// handshake passed under an older list is closed as it registers.
+    revoked: std::collections::HashSet<Vec<u8>>,
+}
 
 /// The open connections of a listener, each with a token that closes it. A
 /// std mutex: held to insert or remove one entry, or to copy the list.
@@ -204,7 +210,13 @@ pub struct Connections {
 impl Connections {
     fn register(&self, info: ConnInfo, close: CancellationToken) -> ConnGuard {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(id, (info, close));
+        let mut open = self.lock();
+        if open.revoked.contains(&info.serial) {
+            warn!(remote = %info.remote, "certificate revoked during its handshake: connection closed");
+            close.cancel();
+        }
+        open.conns.insert(id, (info, close));
+        drop(open);
         metrics::gauge!(crate::metrics::CONNECTED_NODES).increment(1.0);
         ConnGuard {
             id,
@@ -218,21 +230,24 @@ impl Connections {
 
     /// The open connections, oldest first.
     pub fn list(&self) -> Vec<ConnInfo> {
-        let mut all: Vec<ConnInfo> = self.lock().values().map(|(c, _)| c.clone()).collect();
+        let mut all: Vec<ConnInfo> = self.lock().conns.values().map(|(c, _)| c.clone()).collect();
         all.sort_by_key(|c| c.since);
         all
     }
 
-    /// Closes every open connection whose certificate serial is in
-    /// `revoked`; returns them.
-    pub fn close_revoked(&self, revoked: &std::collections::HashSet<Vec<u8>>) -> Vec<ConnInfo> {
+    /// Puts `revoked` in force: closes every open connection whose
+    /// certificate serial it holds (and any that registers later); returns
+    /// the connections closed now.
+    pub fn close_revoked(&self, revoked: std::collections::HashSet<Vec<u8>>) -> Vec<ConnInfo> {
+        let mut open = self.lock();
         let mut closed = Vec::new();
-        for (info, close) in self.lock().values() {
+        for (info, close) in open.conns.values() {
             if revoked.contains(&info.serial) && !close.is_cancelled() {
                 close.cancel();
                 closed.push(info.clone());
             }
         }
+        open.revoked = revoked;
         closed
     }
 }
@@ -245,7 +260,7 @@ struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.conns.lock().remove(&self.id);
+        self.conns.lock().conns.remove(&self.id);
         metrics::gauge!(crate::metrics::CONNECTED_NODES).decrement(1.0);
     }
 }

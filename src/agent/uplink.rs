@@ -127,13 +127,50 @@ impl InFlight {
 
 /// One PublishStream: sends queued alerts (at most `window` unacknowledged),
 /// processes acknowledgements in order, and ends when the outbox is empty.
+/// Outbox removals of answered alerts, committing while the next alerts go
+/// out.
+type Settling = FuturesUnordered<BoxFuture<'static, Result<Vec<Seq>, StoreError>>>;
+
 async fn session(
+    store: &Store,
+    client: BrokerClient<tonic::transport::Channel>,
+    link: &Link,
+    config: &LinkConfig,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), Problem> {
+    let mut settling = Settling::new();
+    let result = exchange(
+        store,
+        client,
+        link,
+        config,
+        shutdown,
+        backoff,
+        &mut settling,
+    )
+    .await;
+    // However the session ended (shutdown, a stall, a broken stream), the
+    // removals of what upstream acknowledged still commit: dropping them
+    // would send those alerts again in the next session.
+    while let Some(settled) = settling.next().await {
+        if let Err(e) = settled
+            && result.is_ok()
+        {
+            return Err(local(e));
+        }
+    }
+    result
+}
+
+async fn exchange(
     store: &Store,
     mut client: BrokerClient<tonic::transport::Channel>,
     link: &Link,
     config: &LinkConfig,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
+    settling: &mut Settling,
 ) -> Result<(), Problem> {
     let (tx, rx) = mpsc::channel(config.window);
     let mut responses = link::open(config, client.publish_stream(ReceiverStream::new(rx))).await?;
@@ -142,13 +179,10 @@ async fn session(
         queue: VecDeque::new(),
         seqs: HashSet::new(),
     };
-    // Outbox removals of answered alerts, committing while the next alerts
-    // go out: waiting for each removal's flush before sending more would
-    // leave the link idle for one local commit per round trip. Their seqs
-    // stay in `in_flight.seqs` until the removal is durable, so they are not
-    // read from the outbox again.
-    let mut settling: FuturesUnordered<BoxFuture<'static, Result<Vec<Seq>, StoreError>>> =
-        FuturesUnordered::new();
+    // Waiting for each removal's flush before sending more would leave the
+    // link idle for one local commit per round trip. The seqs of removals
+    // in `settling` stay in `in_flight.seqs` until the removal is durable,
+    // so they are not read from the outbox again.
     loop {
         let room = config.window - in_flight.queue.len();
         let mut found = false;
@@ -231,10 +265,7 @@ async fn session(
                 }
                 if let Some(problem) = transient {
                     // What was answered before the failure still leaves the
-                    // outbox before the session ends.
-                    while let Some(settled) = settling.next().await {
-                        in_flight.settled(settled.map_err(local)?);
-                    }
+                    // outbox (`session` waits for the removals).
                     return Err(problem);
                 }
             }

@@ -20,10 +20,12 @@
 //!
 //! # Checkpoints and recovery
 //!
-//! A checkpoint writes the newest LSN whose batch is already applied into the
-//! `mwal_checkpoint` key of the log and flushes sled; after that every record
-//! up to it is redundant, and a full file is reused (its blocks are already
-//! allocated, which makes `fdatasync` cheaper). Stale records in a reused
+//! A checkpoint syncs the WAL files, writes the newest LSN whose batch is
+//! fully applied into the `mwal_checkpoint` key of the log and flushes sled;
+//! after that every record up to it is redundant, and a full file is reused
+//! (its blocks are already allocated, which makes `fdatasync` cheaper). A
+//! batch whose apply failed half-way stays above the checkpoint, so the next
+//! open replays it whole. Stale records in a reused
 //! file have LSNs at or below the checkpoint, so they are never replayed.
 //!
 //! At open, the records above the checkpoint are read from every file,
@@ -37,6 +39,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,13 +135,23 @@ pub fn apply(log: &sled::Tree, mut p: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A request to the checkpointer.
+/// A request to the checkpointer (which checkpoints through the newest
+/// fully applied LSN).
 struct Checkpoint {
-    /// Every record up to this LSN is applied to sled.
-    through: u64,
-    /// A full file that may be reused once the checkpoint is durable.
-    retired: Option<PathBuf>,
+    /// A full file that may be reused once a checkpoint through its last
+    /// record (the LSN) is durable.
+    retired: Option<(PathBuf, Arc<File>, u64)>,
     replies: Vec<Reply>,
+}
+
+/// What the appending side shares with the checkpointer.
+struct Shared {
+    /// The newest LSN whose batch is fully applied to sled: what a
+    /// checkpoint may cover. A batch that failed half-way stays above it,
+    /// so the next open replays it whole.
+    applied: AtomicU64,
+    /// The file being appended to.
+    active: Mutex<Arc<File>>,
 }
 
 /// The appending side, owned by the store's flusher thread.
@@ -149,6 +162,7 @@ pub struct Wal {
     file: Arc<File>,
     offset: u64,
     next_lsn: u64,
+    shared: Arc<Shared>,
     /// Checkpointed files, ready for reuse.
     spare: Arc<Mutex<Vec<PathBuf>>>,
     active: PathBuf,
@@ -224,12 +238,16 @@ impl Wal {
         };
         let file = Arc::new(open_file(&active)?);
         let spare = Arc::new(Mutex::new(files));
+        let shared = Arc::new(Shared {
+            applied: AtomicU64::new(newest),
+            active: Mutex::new(file.clone()),
+        });
         let (tx, rx) = channel();
         let checkpointer = {
-            let (db, log, spare) = (db.clone(), log.clone(), spare.clone());
+            let (db, log, spare, shared) = (db.clone(), log.clone(), spare.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("liaison-store-ckpt".into())
-                .spawn(move || checkpoint_loop(&db, &log, &rx, &spare, &failed))
+                .spawn(move || checkpoint_loop(&db, &log, &rx, &spare, &shared, &failed))
                 .map_err(io_err)?
         };
         Ok(Wal {
@@ -238,6 +256,7 @@ impl Wal {
             file,
             offset: 0,
             next_lsn: newest + 1,
+            shared,
             spare,
             active,
             checkpoints: Some(tx),
@@ -247,14 +266,15 @@ impl Wal {
     }
 
     /// Writes `payload` as the next record (not synced: the flusher syncs
-    /// the file returned, once for every group written meanwhile). An empty
-    /// payload writes nothing.
+    /// the file returned, once for every group written meanwhile) and
+    /// returns it with the record's LSN; an empty payload writes nothing.
+    /// Once the payload is applied, report it with [`Wal::applied`].
     ///
     /// # Errors
     /// When the write fails; the payload must then not be applied.
-    pub fn append(&mut self, payload: &[u8]) -> io::Result<Arc<File>> {
+    pub fn append(&mut self, payload: &[u8]) -> io::Result<(Arc<File>, Option<u64>)> {
         if payload.is_empty() {
-            return Ok(self.file.clone());
+            return Ok((self.file.clone(), None));
         }
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("a commit group is larger than 4 GiB"))?;
@@ -270,15 +290,20 @@ impl Wal {
         }
         self.file.write_all_at(&self.buf, self.offset)?;
         self.offset += self.buf.len() as u64;
+        let lsn = self.next_lsn;
         self.next_lsn += 1;
-        Ok(self.file.clone())
+        Ok((self.file.clone(), Some(lsn)))
     }
 
-    /// Asks for a checkpoint of everything appended (and applied) so far;
-    /// `replies` are answered once sled holds it on disk.
+    /// The batch of record `lsn` is applied to sled in full.
+    pub fn applied(&self, lsn: u64) {
+        self.shared.applied.store(lsn, Ordering::Release);
+    }
+
+    /// Asks for a checkpoint of everything applied so far; `replies` are
+    /// answered once sled holds it on disk.
     pub fn checkpoint(&self, replies: Vec<Reply>) {
         self.request(Checkpoint {
-            through: self.next_lsn - 1,
             retired: None,
             replies,
         });
@@ -295,10 +320,9 @@ impl Wal {
     }
 
     /// Continues in a spare (checkpointed) file, or a new one, and retires
-    /// the full one (every record in it is applied: the next one is not
-    /// written yet).
+    /// the full one, whose last record is the one before `next_lsn`.
     fn rotate(&mut self) -> io::Result<()> {
-        let through = self.next_lsn - 1;
+        let last = self.next_lsn - 1;
         let next = self
             .spare
             .lock()
@@ -317,13 +341,17 @@ impl Wal {
                 p
             }
         };
-        let file = open_file(&next).map_err(|e| io::Error::other(e.to_string()))?;
+        let file = Arc::new(open_file(&next).map_err(|e| io::Error::other(e.to_string()))?);
         let retired = std::mem::replace(&mut self.active, next);
-        self.file = Arc::new(file);
+        let retired_file = std::mem::replace(&mut self.file, file.clone());
+        *self
+            .shared
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = file;
         self.offset = 0;
         self.request(Checkpoint {
-            through,
-            retired: Some(retired),
+            retired: Some((retired, retired_file, last)),
             replies: Vec::new(),
         });
         Ok(())
@@ -342,15 +370,23 @@ impl Drop for Wal {
     }
 }
 
-/// The checkpointer thread: flushes sled on request (and every
-/// [`CHECKPOINT_EVERY`]), recording the checkpoint LSN first.
+/// The checkpointer thread: on request (and every [`CHECKPOINT_EVERY`])
+/// records the newest fully applied LSN and flushes sled.
+///
+/// Before flushing it syncs the WAL files: sled's flush also writes
+/// whatever part of a group the writer is applying at that moment, and that
+/// group's record (written before it was applied) must then be on disk too,
+/// so that a power cut cannot leave part of a group without the record
+/// that completes it.
 fn checkpoint_loop(
     db: &sled::Db,
     log: &sled::Tree,
     rx: &Receiver<Checkpoint>,
     spare: &Mutex<Vec<PathBuf>>,
+    shared: &Shared,
     failed: &Mutex<Option<String>>,
 ) {
+    let mut recorded = shared.applied.load(Ordering::Acquire);
     loop {
         let mut requests = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(c) => vec![c],
@@ -358,31 +394,48 @@ fn checkpoint_loop(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         requests.extend(rx.try_iter());
-        let through = requests.iter().map(|c| c.through).max();
-        let result = through
-            .map_or(Ok(None), |lsn| {
-                log.insert(keys::META_WAL_CHECKPOINT, &lsn.to_be_bytes())
+        let through = shared.applied.load(Ordering::Acquire);
+        let active = shared
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let result = requests
+            .iter()
+            .filter_map(|c| c.retired.as_ref().map(|(_, f, _)| f))
+            .chain(std::iter::once(&active))
+            .try_for_each(|f| f.sync_data())
+            .map_err(sled::Error::Io)
+            .and_then(|()| {
+                if through > recorded {
+                    log.insert(keys::META_WAL_CHECKPOINT, &through.to_be_bytes())?;
+                }
+                db.flush()
             })
-            .and_then(|_| db.flush())
             .map(drop)
             .map_err(StoreError::from_sled);
-        if let Err(e) = &result {
-            error!(error = %e, "checkpoint failed; the store refuses further writes until restarted");
-            let mut f = failed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if f.is_none() {
-                *f = Some(format!("checkpoint: {e}"));
+        match &result {
+            Ok(()) => recorded = recorded.max(through),
+            Err(e) => {
+                error!(error = %e, "checkpoint failed; the store refuses further writes until restarted");
+                let mut f = failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if f.is_none() {
+                    *f = Some(format!("checkpoint: {e}"));
+                }
             }
         }
         for c in requests {
+            // A full file is reused only once every record in it is covered.
             if result.is_ok()
-                && let Some(p) = c.retired
+                && let Some((path, _, last)) = c.retired
+                && last <= through
             {
                 spare
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(p);
+                    .push(path);
             }
             for reply in c.replies {
                 let _ = reply.send(match &result {
@@ -510,7 +563,7 @@ mod tests {
         {
             let (_db, _log, mut wal) = open(dir.path());
             wal.append(&one).unwrap();
-            wal.append(&two).unwrap().sync_data().unwrap();
+            wal.append(&two).unwrap().0.sync_data().unwrap();
             // A crash: the checkpointer must not run, so leak the WAL.
             wal.checkpoints = None;
             let _ = wal.checkpointer.take().map(std::thread::JoinHandle::join);
@@ -542,6 +595,29 @@ mod tests {
         drop((_db, log, _wal));
         let (_db, log, _wal) = open(dir.path());
         assert_eq!(log.get("k2").unwrap().unwrap(), "changed".as_bytes());
+    }
+
+    /// A batch whose apply failed half-way (never reported applied) stays
+    /// above the checkpoint, even the final one of a clean close, and is
+    /// replayed whole at the next open.
+    #[test]
+    fn a_batch_not_applied_in_full_is_replayed_after_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, log, mut wal) = open(dir.path());
+            let good = batch(&[("a", Some("1"))]).into_payload();
+            let (_, lsn) = wal.append(&good).unwrap();
+            apply(&log, &good).unwrap();
+            wal.applied(lsn.unwrap());
+            let broken = batch(&[("b", Some("2")), ("c", Some("3"))]).into_payload();
+            wal.append(&broken).unwrap().0.sync_data().unwrap();
+            // Only the first operation made it into sled.
+            log.insert("b", "2").unwrap();
+        }
+        let (_db, log, _wal) = open(dir.path());
+        assert_eq!(log.get("a").unwrap().unwrap(), "1".as_bytes());
+        assert_eq!(log.get("b").unwrap().unwrap(), "2".as_bytes());
+        assert_eq!(log.get("c").unwrap().unwrap(), "3".as_bytes());
     }
 
     fn records_of(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
@@ -587,8 +663,9 @@ mod tests {
             let mut b = Batch::default();
             b.insert(i.to_be_bytes(), &value);
             let payload = b.into_payload();
-            wal.append(&payload).unwrap();
+            let (_, lsn) = wal.append(&payload).unwrap();
             apply(&log, &payload).unwrap();
+            wal.applied(lsn.unwrap());
         };
         // Fill the first file and start the second.
         for i in 0..20 {

@@ -488,13 +488,17 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let payload = batch.into_payload();
         let wal = self.wal.as_mut().ok_or(StoreError::Closed)?;
-        let file = wal
+        let (file, lsn) = wal
             .append(&payload)
             .map_err(|e| StoreError::from_sled(sled::Error::Io(e)))?;
         if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
             files.push(file);
         }
-        wal::apply(&self.log, &payload)
+        wal::apply(&self.log, &payload)?;
+        if let Some(lsn) = lsn {
+            wal.applied(lsn);
+        }
+        Ok(())
     }
 
     fn stage(
