@@ -7,7 +7,6 @@
 //! logged once with its reason, and the caller's identity is parsed once per
 //! connection and travels with it as [`Peer`].
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -193,7 +192,7 @@ pub struct ConnInfo {
 
 #[derive(Default)]
 struct Open {
-    conns: std::collections::HashMap<u64, (ConnInfo, CancellationToken)>,
+    conns: std::collections::HashMap<u64, (ConnInfo, Arc<Closer>)>,
     /// The serials revoked by the list in force: a connection whose
     /// handshake passed under an older list is closed as it registers.
     revoked: std::collections::HashSet<Vec<u8>>,
@@ -208,12 +207,12 @@ pub struct Connections {
 }
 
 impl Connections {
-    fn register(&self, info: ConnInfo, close: CancellationToken) -> ConnGuard {
+    fn register(&self, info: ConnInfo, close: Arc<Closer>) -> ConnGuard {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut open = self.lock();
         if open.revoked.contains(&info.serial) {
             warn!(remote = %info.remote, "certificate revoked during its handshake: connection closed");
-            close.cancel();
+            close.close();
         }
         open.conns.insert(id, (info, close));
         drop(open);
@@ -242,8 +241,8 @@ impl Connections {
         let mut open = self.lock();
         let mut closed = Vec::new();
         for (info, close) in open.conns.values() {
-            if revoked.contains(&info.serial) && !close.is_cancelled() {
-                close.cancel();
+            if revoked.contains(&info.serial) && !close.is_closed() {
+                close.close();
                 closed.push(info.clone());
             }
         }
@@ -299,23 +298,45 @@ pub struct PeerStream<S = tokio_rustls::server::TlsStream<TcpStream>> {
     peer: Peer,
     /// Keeps the connection listed while it is open.
     _registered: Option<ConnGuard>,
-    /// Resolves when the connection must end (its certificate was revoked):
-    /// reads and writes then fail, and hyper drops the connection with its
-    /// streams.
-    closed: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    /// Set when the connection must end (its certificate was revoked).
+    closer: Option<Arc<Closer>>,
+}
+
+/// Ends a connection from outside: its reads and writes fail from then on,
+/// and the task waiting on a read is woken, so hyper drops the connection
+/// with its streams. Two atomics per read that would block; nothing on the
+/// way of data.
+#[derive(Default)]
+struct Closer {
+    closed: std::sync::atomic::AtomicBool,
+    reader: futures::task::AtomicWaker,
+}
+
+impl Closer {
+    fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+fn revoked_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the peer's certificate was revoked",
+    )
 }
 
 impl<S> PeerStream<S> {
-    fn check_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if let Some(closed) = self.closed.as_mut()
-            && closed.as_mut().poll(cx).is_ready()
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the peer's certificate was revoked",
-            ));
+    fn check_closed(&self) -> io::Result<()> {
+        match &self.closer {
+            Some(c) if c.is_closed() => Err(revoked_error()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -333,8 +354,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for PeerStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check_closed(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.check_closed()?;
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if read.is_pending()
+            && let Some(c) = &self.closer
+        {
+            c.reader.register(cx.waker());
+            if c.is_closed() {
+                return Poll::Ready(Err(revoked_error()));
+            }
+        }
+        read
     }
 }
 
@@ -344,7 +374,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check_closed(cx)?;
+        self.check_closed()?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -361,7 +391,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check_closed(cx)?;
+        self.check_closed()?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -445,7 +475,7 @@ pub fn incoming_plain(
                         inner: tcp,
                         peer,
                         _registered: None,
-                        closed: None,
+                        closer: None,
                     };
                     if tx.send(Ok(stream)).await.is_err() {
                         break;
@@ -500,7 +530,7 @@ async fn handshake(
                 .increment(1);
         }
     }
-    let close = CancellationToken::new();
+    let closer = Arc::new(Closer::default());
     let registered = hooks.connections.map(|c| {
         c.register(
             ConnInfo {
@@ -509,13 +539,13 @@ async fn handshake(
                 since: std::time::SystemTime::now(),
                 serial,
             },
-            close.clone(),
+            closer.clone(),
         )
     });
     Some(PeerStream {
         inner: tls,
         peer: Peer { identity, remote },
         _registered: registered,
-        closed: Some(Box::pin(close.cancelled_owned())),
+        closer: Some(closer),
     })
 }
