@@ -346,6 +346,31 @@ fn quick_start_serve_issue_publish_subscribe_get() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    // The audit trail of the running broker (no policy: any node may look).
+    let admin = |extra: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "audit",
+            "--broker",
+            &url,
+            "--certs",
+            "certs",
+            "--name",
+            "ishkashim",
+        ];
+        args.extend_from_slice(extra);
+        ok(liaison(&args, d))
+    };
+    let verified = admin(&["--verify"]);
+    assert!(verified.starts_with("audit trail intact: "), "{verified}");
+    let trail = admin(&[]);
+    let first: serde_json::Value =
+        serde_json::from_str(trail.lines().next().expect("a record")).expect("json");
+    assert_eq!(first["seq"], 1);
+    assert!(
+        trail.lines().any(|l| l.contains("\"published\"")),
+        "{trail}"
+    );
     server.kill9();
 }
 

@@ -1,4 +1,4 @@
-//! `liaison admin feeds|nodes|stats` (administrator nodes) and
+//! `liaison admin feeds|nodes|stats|audit` (administrator nodes) and
 //! `liaison health` (the standard gRPC health check, for probes).
 
 use std::process::ExitCode;
@@ -20,6 +20,75 @@ pub enum AdminView {
     Nodes(AdminArgs),
     /// Totals of the broker.
     Stats(AdminArgs),
+    /// The audit trail of the running broker, one JSON record per line (as
+    /// `liaison audit export`), or with --verify a check of the whole chain.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// First audit sequence number to print.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Check every link of the chain instead of printing it (exit 1 and the
+    /// first broken record when it is broken).
+    #[arg(long, conflicts_with = "from")]
+    pub verify: bool,
+}
+
+async fn audit(args: AuditArgs) -> Result<ExitCode> {
+    let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
+        .connect()
+        .await?;
+    let mut entries = pb::admin_client::AdminClient::new(channel)
+        .audit(pb::AdminAuditRequest {
+            from_seq: args.from,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(e) = entries.message().await.map_err(status_error)? {
+        let record = (!e.undecodable).then(|| crate::audit::AuditRecord {
+            seq: e.seq,
+            time_us: e.time_us,
+            kind: e.kind,
+            actor: e.actor,
+            alert_id: e.alert_id,
+            detail: e.detail,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        });
+        if args.verify {
+            records.push((e.seq, record));
+        } else {
+            match record {
+                Some(r) => println!("{}", super::sharing::audit_json(&r)),
+                None => eprintln!(
+                    "audit record {} cannot be decoded; run `liaison admin audit --verify`",
+                    e.seq
+                ),
+            }
+        }
+    }
+    if !args.verify {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match crate::audit::verify(records) {
+        Ok((n, head)) => {
+            println!(
+                "audit trail intact: {n} records; head hash {}",
+                crate::pki::hex(&head)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            eprintln!("{broken}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -72,14 +141,29 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The views printed as a table (or JSON).
+enum Table {
+    Feeds,
+    Nodes,
+    Stats,
+}
+
 pub async fn run(view: AdminView) -> Result<ExitCode> {
-    let (AdminView::Feeds(args) | AdminView::Nodes(args) | AdminView::Stats(args)) = &view;
+    match view {
+        AdminView::Feeds(args) => table_view(Table::Feeds, &args).await,
+        AdminView::Nodes(args) => table_view(Table::Nodes, &args).await,
+        AdminView::Stats(args) => table_view(Table::Stats, &args).await,
+        AdminView::Audit(args) => audit(args).await,
+    }
+}
+
+async fn table_view(view: Table, args: &AdminArgs) -> Result<ExitCode> {
     let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
         .connect()
         .await?;
     let mut admin = pb::admin_client::AdminClient::new(channel);
     let (headers, rows): (Vec<&str>, Vec<Value>) = match view {
-        AdminView::Feeds(_) => {
+        Table::Feeds => {
             let feeds = admin
                 .feeds(pb::AdminFeedsRequest {})
                 .await
@@ -107,7 +191,7 @@ pub async fn run(view: AdminView) -> Result<ExitCode> {
                 rows,
             )
         }
-        AdminView::Nodes(_) => {
+        Table::Nodes => {
             let nodes = admin
                 .nodes(pb::AdminNodesRequest {})
                 .await
@@ -120,7 +204,7 @@ pub async fn run(view: AdminView) -> Result<ExitCode> {
                 .collect();
             (vec!["urn", "remote", "since"], rows)
         }
-        AdminView::Stats(_) => {
+        Table::Stats => {
             let s = admin
                 .stats(pb::AdminStatsRequest {})
                 .await

@@ -145,7 +145,7 @@ pub async fn receipts(args: ReceiptsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn audit_json(r: &AuditRecord) -> serde_json::Value {
+pub(super) fn audit_json(r: &AuditRecord) -> serde_json::Value {
     json!({
         "seq": r.seq,
         "time": time_json(&Some(crate::alert::timestamp(r.time()))),
