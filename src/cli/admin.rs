@@ -51,7 +51,8 @@ async fn audit(args: AuditArgs) -> Result<ExitCode> {
         .into_inner();
     let mut records = Vec::new();
     while let Some(e) = entries.message().await.map_err(status_error)? {
-        let record = (!e.undecodable).then(|| crate::audit::AuditRecord {
+        let seq = e.seq;
+        let record = (!e.undecodable).then_some(crate::audit::AuditRecord {
             seq: e.seq,
             time_us: e.time_us,
             kind: e.kind,
@@ -62,13 +63,12 @@ async fn audit(args: AuditArgs) -> Result<ExitCode> {
             hash: e.hash,
         });
         if args.verify {
-            records.push((e.seq, record));
+            records.push((seq, record));
         } else {
             match record {
                 Some(r) => println!("{}", super::sharing::audit_json(&r)),
                 None => eprintln!(
-                    "audit record {} cannot be decoded; run `liaison admin audit --verify`",
-                    e.seq
+                    "audit record {seq} cannot be decoded; run `liaison admin audit --verify`"
                 ),
             }
         }
