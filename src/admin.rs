@@ -46,27 +46,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
 /// Audit records per read of the store while streaming the trail.
 const AUDIT_PAGE: usize = 1024;
 
-fn audit_entry(seq: u64, record: Option<crate::audit::AuditRecord>) -> pb::AuditEntry {
-    match record {
-        Some(r) => pb::AuditEntry {
-            seq,
-            time_us: r.time_us,
-            kind: r.kind,
-            actor: r.actor,
-            alert_id: r.alert_id,
-            detail: r.detail,
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-            undecodable: false,
-        },
-        None => pb::AuditEntry {
-            seq,
-            undecodable: true,
-            ..Default::default()
-        },
-    }
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     type AuditStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AuditEntry, Status>>;
@@ -98,7 +77,11 @@ impl Admin for AdminService {
                     if seq > end {
                         return;
                     }
-                    if tx.send(Ok(audit_entry(seq, record))).await.is_err() {
+                    if tx
+                        .send(Ok(crate::audit::to_entry(seq, record)))
+                        .await
+                        .is_err()
+                    {
                         return; // the caller went away
                     }
                 }

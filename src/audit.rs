@@ -97,6 +97,45 @@ pub struct AuditRecord {
     pub hash: Vec<u8>,
 }
 
+/// A record as the `Admin.Audit` stream sends it (`None`: the stored record
+/// under `seq` no longer decodes).
+pub fn to_entry(seq: u64, record: Option<AuditRecord>) -> crate::proto::AuditEntry {
+    match record {
+        Some(r) => crate::proto::AuditEntry {
+            seq,
+            time_us: r.time_us,
+            kind: r.kind,
+            actor: r.actor,
+            alert_id: r.alert_id,
+            detail: r.detail,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            undecodable: false,
+        },
+        None => crate::proto::AuditEntry {
+            seq,
+            undecodable: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// The record an `Admin.Audit` entry carries, with its sequence number, as
+/// [`verify`] takes it.
+pub fn from_entry(e: crate::proto::AuditEntry) -> (u64, Option<AuditRecord>) {
+    let record = (!e.undecodable).then_some(AuditRecord {
+        seq: e.seq,
+        time_us: e.time_us,
+        kind: e.kind,
+        actor: e.actor,
+        alert_id: e.alert_id,
+        detail: e.detail,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    });
+    (e.seq, record)
+}
+
 impl AuditRecord {
     /// Builds the record that follows `prev_hash` and computes its hash.
     pub fn chain(seq: u64, time_us: u64, event: &AuditEvent, prev_hash: &[u8]) -> AuditRecord {

@@ -228,19 +228,7 @@ async fn admin_views_are_for_administrators_and_show_feeds_nodes_and_totals() {
     let mut records = Vec::new();
     while let Some(e) = entries.message().await.expect("entry") {
         assert!(!e.undecodable);
-        records.push((
-            e.seq,
-            Some(liaison::audit::AuditRecord {
-                seq: e.seq,
-                time_us: e.time_us,
-                kind: e.kind,
-                actor: e.actor,
-                alert_id: e.alert_id,
-                detail: e.detail,
-                prev_hash: e.prev_hash,
-                hash: e.hash,
-            }),
-        ));
+        records.push(liaison::audit::from_entry(e));
     }
     assert!(records.len() as u64 >= stats.audit_records);
     let kinds: Vec<&str> = records

@@ -51,17 +51,7 @@ async fn audit(args: AuditArgs) -> Result<ExitCode> {
         .into_inner();
     let mut records = Vec::new();
     while let Some(e) = entries.message().await.map_err(status_error)? {
-        let seq = e.seq;
-        let record = (!e.undecodable).then_some(crate::audit::AuditRecord {
-            seq: e.seq,
-            time_us: e.time_us,
-            kind: e.kind,
-            actor: e.actor,
-            alert_id: e.alert_id,
-            detail: e.detail,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        });
+        let (seq, record) = crate::audit::from_entry(e);
         if args.verify {
             records.push((seq, record));
         } else {
