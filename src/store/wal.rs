@@ -230,8 +230,8 @@ impl Wal {
                 "replayed the write-ahead log"
             );
         }
-        // Start writing into the largest file (most of its blocks exist).
-        files.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+        // Everything in the files is at or below the checkpoint now: any
+        // of them can take new records from its start.
         let active = match files.pop() {
             Some(p) => p,
             None => dir.join("0.log"),
