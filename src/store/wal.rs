@@ -518,11 +518,23 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> (sled::Db, sled::Tree, Wal) {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        // sled releases its file lock when its I/O pool lets go of the last
+        // handle, which can trail the drop of the previous `Db` by a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.join("db"))
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let log = db.open_tree("log").unwrap();
         let wal = Wal::open(dir, &db, &log, Arc::default()).unwrap();
         (db, log, wal)
