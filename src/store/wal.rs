@@ -323,6 +323,11 @@ impl Wal {
     /// the full one, whose last record is the one before `next_lsn`.
     fn rotate(&mut self) -> io::Result<()> {
         let last = self.next_lsn - 1;
+        // Every record of the full file is on disk before any of the next:
+        // a group published without a sync of its own (nobody waited for
+        // it) can then never leave a gap before a synced one in the next
+        // file, which would end the replay early.
+        self.file.sync_data()?;
         let next = self
             .spare
             .lock()

@@ -253,6 +253,8 @@ struct Applied {
     commands: usize,
     /// The write-ahead log files this group's records went to.
     files: Vec<Arc<File>>,
+    /// Whether somebody waits for the group to be durable.
+    sync: bool,
 }
 
 /// How many applied groups may wait for their flush: the writer applies the
@@ -371,7 +373,17 @@ impl Writer {
         let mut stop = None;
         let saved = (self.state.meta, self.state.last_received_us);
         let commands = group.len();
+        // Whether anybody waits for this group to be on disk. A group of
+        // audit records and of receipts nobody waits for (a feed's acks)
+        // is published without a sync of its own: the next sync of the
+        // same file, or the next checkpoint (at most a second), covers it.
+        let mut sync = false;
         for cmd in group {
+            sync |= match &cmd {
+                Command::Audit { .. } | Command::Stop { .. } => false,
+                Command::Receipt { reply, .. } => !reply.is_closed(),
+                _ => true,
+            };
             match cmd {
                 Command::Append { alert, kind, reply } => {
                     match self.stage(&mut staged, alert, kind) {
@@ -460,6 +472,7 @@ impl Writer {
             pruned,
             commands,
             files,
+            sync,
         };
         if self.in_flusher.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
             // Nothing to overlap with: nothing waits to be staged, and every
@@ -698,7 +711,9 @@ fn flush_groups(groups: Vec<Applied>, outlet: &Outlet, failed: &Mutex<Option<Str
         None => {
             let started = std::time::Instant::now();
             let mut files: Vec<&Arc<File>> = Vec::new();
-            for f in groups.iter().flat_map(|g| &g.files) {
+            // A sync covers every earlier write to the same file; a full
+            // file is synced before the next one is written to.
+            for f in groups.iter().filter(|g| g.sync).flat_map(|g| &g.files) {
                 if !files.iter().any(|seen| Arc::ptr_eq(seen, f)) {
                     files.push(f);
                 }
