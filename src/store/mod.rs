@@ -485,8 +485,15 @@ impl Store {
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         // A poisoned lock only means another thread panicked mid-update of a
         // cache; the cache is rebuilt from the log on misses, so keep going.
-        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.recent)
     }
+}
+
+/// Locks a std mutex of the store. Its holders never leave the data half
+/// changed (critical sections are a few pointer copies or a swap), so a
+/// lock poisoned by a panic elsewhere still guards valid data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {

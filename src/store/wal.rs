@@ -47,7 +47,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::{StoreError, keys};
+use super::{StoreError, keys, lock};
 
 /// A WAL file is retired (and checkpointed) once it holds this much.
 pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -328,11 +328,7 @@ impl Wal {
         // it) can then never leave a gap before a synced one in the next
         // file, which would end the replay early.
         self.file.sync_data()?;
-        let next = self
-            .spare
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
+        let next = lock(&self.spare).pop();
         let next = match next {
             Some(p) => p,
             None => {
@@ -349,11 +345,7 @@ impl Wal {
         let file = Arc::new(open_file(&next).map_err(|e| io::Error::other(e.to_string()))?);
         let retired = std::mem::replace(&mut self.active, next);
         let retired_file = std::mem::replace(&mut self.file, file.clone());
-        *self
-            .shared
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = file;
+        *lock(&self.shared.active) = file;
         self.offset = 0;
         self.request(Checkpoint {
             retired: Some((retired, retired_file, last)),
@@ -400,11 +392,7 @@ fn checkpoint_loop(
         };
         requests.extend(rx.try_iter());
         let through = shared.applied.load(Ordering::Acquire);
-        let active = shared
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let active = lock(&shared.active).clone();
         let result = requests
             .iter()
             .filter_map(|c| c.retired.as_ref().map(|(_, f, _)| f))
@@ -423,9 +411,7 @@ fn checkpoint_loop(
             Ok(()) => recorded = recorded.max(through),
             Err(e) => {
                 error!(error = %e, "checkpoint failed; the store refuses further writes until restarted");
-                let mut f = failed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut f = lock(failed);
                 if f.is_none() {
                     *f = Some(format!("checkpoint: {e}"));
                 }
@@ -437,10 +423,7 @@ fn checkpoint_loop(
                 && let Some((path, _, last)) = c.retired
                 && last <= through
             {
-                spare
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(path);
+                lock(spare).push(path);
             }
             for reply in c.replies {
                 let _ = reply.send(match &result {

@@ -25,7 +25,7 @@ use super::journal::{self, Chain};
 use super::outbox::{self, OutboxLimits, Outcome};
 use super::recent::Recent;
 use super::wal::{self, Wal};
-use super::{StoreError, corrupt, decode_record, keys};
+use super::{StoreError, corrupt, decode_record, keys, lock};
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::receipt::Receipt;
@@ -793,12 +793,6 @@ fn fail(group: Applied, e: &StoreError) {
     for (reply, _) in group.pruned {
         let _ = reply.send(Err(clone_err(e)));
     }
-}
-
-/// A std mutex whose holder cannot leave it inconsistent (a poisoned lock
-/// still holds valid data).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A re-published id is a duplicate only when it comes from the same origin;
