@@ -1,9 +1,10 @@
 //! What a feed or a history listing wants: categories, minimum severity,
-//! origin countries and the EXERCISE/TEST opt-in. Markings are not a filter
+//! origin countries, the EXERCISE/TEST opt-in, and whether the viewer's own
+//! alerts are left out. Markings are not a filter
 //! choice; they are enforced separately by [`crate::marking`].
 
 use crate::alert::{Alert, Rejection};
-use crate::identity::CountryCode;
+use crate::identity::{CountryCode, NodeId};
 use crate::proto as pb;
 
 /// A validated filter. The default matches every ACTUAL alert.
@@ -14,6 +15,8 @@ pub struct Filter {
     pub origin_countries: Vec<CountryCode>,
     pub include_exercise: bool,
     pub include_test: bool,
+    /// Leave out alerts whose origin is the viewer itself.
+    pub exclude_own: bool,
 }
 
 impl Filter {
@@ -61,6 +64,7 @@ impl Filter {
             origin_countries,
             include_exercise: f.include_exercise,
             include_test: f.include_test,
+            exclude_own: f.exclude_own,
         })
     }
 
@@ -75,11 +79,12 @@ impl Filter {
                 .collect(),
             include_exercise: self.include_exercise,
             include_test: self.include_test,
+            exclude_own: self.exclude_own,
         }
     }
 
-    /// Whether the alert is wanted (markings aside).
-    pub fn matches(&self, alert: &Alert) -> bool {
+    /// Whether `viewer` wants the alert (markings aside).
+    pub fn matches(&self, alert: &Alert, viewer: &NodeId) -> bool {
         let status_ok = match alert.status {
             pb::Status::Actual => true,
             pb::Status::Exercise => self.include_exercise,
@@ -93,5 +98,6 @@ impl Filter {
                 .is_none_or(|min| alert.severity as i32 >= min as i32)
             && (self.origin_countries.is_empty()
                 || self.origin_countries.contains(&alert.origin.country()))
+            && !(self.exclude_own && alert.origin == *viewer)
     }
 }

@@ -33,7 +33,6 @@
 //! [`marking`] rules for its owner, and delivers them; the subscriber's acks
 //! move the feed's persisted cursor.
 
-pub mod admin;
 pub mod agent;
 pub mod alert;
 pub mod audit;

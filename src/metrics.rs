@@ -34,6 +34,10 @@ pub const COMMIT_FLUSH_SECONDS: &str = "liaison_commit_flush_seconds";
 pub const CONNECTED_NODES: &str = "liaison_connected_nodes";
 /// Refused certificates, by `reason`.
 pub const CERT_REFUSALS: &str = "liaison_certificate_refusals_total";
+/// Connections closed after the TLS handshake because they sent no HTTP/2
+/// preface in time (`reason="no_preface"`) or something else
+/// (`reason="not_http2"`).
+pub const IDLE_CONNECTIONS_CLOSED: &str = "liaison_idle_connections_closed_total";
 /// Agent: link state (0 connecting, 1 up, 2 down, 3 refused), outbox depth
 /// and age of its oldest alert, lifetime counters, reconnects.
 pub const AGENT_LINK_STATE: &str = "liaison_agent_link_state";

@@ -11,14 +11,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
 use tracing::{error, info, warn};
 
-use crate::admin::AdminService;
 use crate::broker::{Broker, BrokerConfig};
-use crate::grpc::BrokerService;
+use crate::grpc::{self, AdminService};
 use crate::proto::admin_server::AdminServer;
-use crate::proto::broker_server::BrokerServer;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::tls::{self, TlsError, TlsFiles};
 
@@ -31,6 +28,9 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     /// How long open streams may take to close after shutdown begins.
     pub shutdown_grace: Duration,
+    /// How long a new connection may take to finish its TLS handshake and
+    /// to send its HTTP/2 preface.
+    pub connection_timeouts: tls::Timeouts,
     /// The sharing policy file; `None` runs open (development).
     pub policy_file: Option<PathBuf>,
     /// How often the policy file is checked for changes (SIGHUP reloads at
@@ -49,6 +49,7 @@ impl ServeConfig {
             broker: BrokerConfig::default(),
             store: StoreConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            connection_timeouts: tls::Timeouts::default(),
             policy_file: None,
             policy_poll: Duration::from_secs(2),
             tls_poll: Duration::from_secs(2),
@@ -79,7 +80,8 @@ pub enum ServeError {
 
 /// Runs the broker on `listener` until `shutdown` is cancelled, then closes
 /// the open streams, waits up to `shutdown_grace` for connections to finish,
-/// and flushes the store.
+/// and flushes the store. [`open`] and [`Opened::serve`] are its two halves,
+/// for a caller that announces readiness in between.
 ///
 /// # Errors
 /// When TLS files or the store cannot be opened, or the final flush fails.
@@ -88,126 +90,179 @@ pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let tls_config = tls::server_config(&config.tls)?;
-    let mut broker_config = config.broker.clone();
-    let policy_text = match &config.policy_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ServeError::PolicyRead {
-                path: path.clone(),
-                source,
-            })?;
-            let policy = crate::policy::parse(&text).map_err(|errors| ServeError::Policy {
-                path: path.clone(),
-                errors: errors
-                    .iter()
-                    .map(|e| format!("  {e}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            })?;
-            broker_config.policy = Arc::new(policy);
-            Some(text)
-        }
-        None => {
-            warn!(
-                "no sharing policy (--policy): running OPEN — every node may publish and subscribe every category, and every pair of countries shares everything the markings allow"
-            );
-            None
-        }
-    };
+    open(config, shutdown).await?.serve(listener).await
+}
+
+/// A broker whose store is open and replayed, not serving yet.
+pub struct Opened {
+    config: ServeConfig,
+    tls: Arc<rustls::ServerConfig>,
+    /// The policy file's text as loaded (`None` without a policy file).
+    policy_text: Option<String>,
+    store: Store,
+    broker: Broker,
+    shutdown: CancellationToken,
+}
+
+/// Opens everything the broker needs before it can serve: its TLS files,
+/// the sharing policy and the store (which replays its write-ahead log).
+///
+/// # Errors
+/// When one of them cannot be read or is not valid.
+pub async fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Opened, ServeError> {
+    let tls = tls::server_config(&config.tls)?;
+    let (policy, policy_text) = load_policy(config.policy_file.as_deref())?;
     let store = Store::open(&config.data_dir, config.store.clone()).map_err(|source| {
         ServeError::Store {
             path: config.data_dir.clone(),
             source,
         }
     })?;
-    let max_message = config
-        .broker
-        .limits
-        .max_alert_bytes
-        .saturating_mul(2)
-        .saturating_add(64 * 1024);
+    let mut broker_config = config.broker.clone();
+    broker_config.policy = Arc::new(policy);
     let broker = Broker::new(store.clone(), broker_config, shutdown.child_token());
-    let tasks = TaskTracker::new();
-    tasks.spawn(broker.clone().run_retention());
-    if let (Some(path), Some(text)) = (&config.policy_file, policy_text) {
-        broker
-            .set_policy(
-                (*broker.policy()).clone(),
-                &path.display().to_string(),
-                &text,
-            )
-            .await;
-        tasks.spawn(watch_policy_file(
-            broker.clone(),
-            path.clone(),
-            text.into_bytes(),
-            config.policy_poll,
-            shutdown.child_token(),
-        ));
-    } else {
-        // Without a policy file there is nothing to reload, but SIGHUP must
-        // not kill the broker.
-        tasks.spawn(ignore_hangup(shutdown.child_token()));
+    Ok(Opened {
+        config,
+        tls,
+        policy_text,
+        store,
+        broker,
+        shutdown,
+    })
+}
+
+/// The policy in the file, with its text; the open policy without a file.
+fn load_policy(
+    path: Option<&std::path::Path>,
+) -> Result<(crate::policy::Policy, Option<String>), ServeError> {
+    let Some(path) = path else {
+        warn!(
+            "no sharing policy (--policy): running OPEN — every node may publish and subscribe every category, and every pair of countries shares everything the markings allow"
+        );
+        return Ok((crate::policy::Policy::open(), None));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ServeError::PolicyRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let policy = crate::policy::parse(&text).map_err(|errors| ServeError::Policy {
+        path: path.to_owned(),
+        errors: errors
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })?;
+    Ok((policy, Some(text)))
+}
+
+impl Opened {
+    /// The newest sequence in the store.
+    pub fn head(&self) -> crate::alert::Seq {
+        self.broker.head()
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<BrokerServer<BrokerService>>().await;
-    let service = BrokerServer::new(BrokerService::new(broker.clone(), shutdown.child_token()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    /// Serves on `listener` until shutdown; see [`run`].
+    ///
+    /// # Errors
+    /// When the server fails, or the final flush does.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), ServeError> {
+        let Opened {
+            config,
+            tls,
+            policy_text,
+            store,
+            broker,
+            shutdown,
+        } = self;
+        let tasks = TaskTracker::new();
+        tasks.spawn(broker.clone().run_retention());
+        start_policy(&broker, &config, policy_text, &tasks, &shutdown).await;
+        let connections = tls::Connections::default();
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
+        tasks.spawn(watch_tls_files(
+            config.tls.clone(),
+            tls_tx,
+            connections.clone(),
+            broker.clone(),
+            config.tls_poll,
+            shutdown.child_token(),
+        ));
+        let addr = listener.local_addr().ok();
+        let incoming = tls::incoming(
+            listener,
+            tls_rx,
+            shutdown.child_token(),
+            handshake_hooks(&broker, &connections, config.connection_timeouts),
+        );
+        let mut services = grpc::serve::services(&broker, &shutdown.child_token())
+            .await
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        services.router = services
+            .router
+            .add_service(AdminServer::new(AdminService::new(
+                broker.clone(),
+                connections,
+            )));
+        info!(?addr, data = %config.data_dir.display(), head_seq = store.head().0, "broker listening");
+        grpc::serve::serve(services, incoming, &shutdown, config.shutdown_grace).await?;
+        tasks.close();
+        let _ = tokio::time::timeout(config.shutdown_grace, tasks.wait()).await;
+        store.close().await.map_err(ServeError::Flush)?;
+        info!("broker stopped; store flushed");
+        Ok(())
+    }
+}
 
-    let addr = listener.local_addr().ok();
+/// Records the policy in force and starts watching its file (or, without
+/// one, keeps SIGHUP from killing the broker).
+async fn start_policy(
+    broker: &Broker,
+    config: &ServeConfig,
+    text: Option<String>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    match (&config.policy_file, text) {
+        (Some(path), Some(text)) => {
+            broker
+                .set_policy(
+                    (*broker.policy()).clone(),
+                    &path.display().to_string(),
+                    &text,
+                )
+                .await;
+            tasks.spawn(watch_policy_file(
+                broker.clone(),
+                path.clone(),
+                text.into_bytes(),
+                config.policy_poll,
+                shutdown.child_token(),
+            ));
+        }
+        _ => {
+            tasks.spawn(ignore_hangup(shutdown.child_token()));
+        }
+    }
+}
+
+/// What the accept loop reports: refused handshakes go to the audit trail,
+/// open connections to the registry (admin view, revocation).
+fn handshake_hooks(
+    broker: &Broker,
+    connections: &tls::Connections,
+    timeouts: tls::Timeouts,
+) -> tls::Hooks {
     let audit = broker.clone();
     let on_refused: tls::RefusalHook = Arc::new(move |remote, reason| {
         let audit = audit.clone();
         tokio::spawn(async move { audit.auth_failure(&remote.to_string(), &reason).await });
     });
-    let connections = tls::Connections::default();
-    let hooks = tls::Hooks {
+    tls::Hooks {
         on_refused: Some(on_refused),
         connections: Some(connections.clone()),
-    };
-    let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls_config);
-    tokio::spawn(watch_tls_files(
-        config.tls.clone(),
-        tls_tx,
-        connections.clone(),
-        broker.clone(),
-        config.tls_poll,
-        shutdown.child_token(),
-    ));
-    let incoming = tls::incoming(listener, tls_rx, shutdown.child_token(), hooks);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    info!(?addr, data = %config.data_dir.display(), head_seq = store.head().0, "broker listening");
-
-    let serve = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(AdminServer::new(AdminService::new(
-            broker.clone(),
-            connections,
-        )))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        token.cancelled().await;
-        health
-            .set_not_serving::<BrokerServer<BrokerService>>()
-            .await;
-    });
-    drain(serve, &shutdown, config.shutdown_grace).await?;
-    tasks.close();
-    let _ = tokio::time::timeout(config.shutdown_grace, tasks.wait()).await;
-    store.close().await.map_err(ServeError::Flush)?;
-    info!("broker stopped; store flushed");
-    Ok(())
+        timeouts,
+    }
 }
 
 /// Reloads the policy file when it changes or on SIGHUP. A file that does
@@ -372,25 +427,4 @@ async fn ignore_hangup(shutdown: CancellationToken) {
             _ = hangup.recv() => info!("SIGHUP: no policy file (--policy) to reload"),
         }
     }
-}
-
-/// Runs a tonic server future; once `shutdown` is cancelled, gives open
-/// connections `grace` to finish, then drops them.
-///
-/// # Errors
-/// When the server fails.
-pub(crate) async fn drain(
-    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> Result<(), tonic::transport::Error> {
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = serve => served?,
-        () = deadline => warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them"),
-    }
-    Ok(())
 }

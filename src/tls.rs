@@ -29,8 +29,28 @@ use tracing::{debug, info, warn};
 
 use crate::identity::{IdentityError, NodeId};
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to become usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To complete the TLS handshake.
+    pub handshake: Duration,
+    /// After the handshake, to send the HTTP/2 connection preface (every
+    /// gRPC client sends it at once): a client that completes TLS and then
+    /// says nothing holds a connection slot for free.
+    pub preface: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            preface: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -264,11 +284,13 @@ impl Drop for ConnGuard {
     }
 }
 
-/// What the accept loop reports to: refused handshakes and open connections.
+/// What the accept loop reports to (refused handshakes and open
+/// connections) and how long it waits for a new connection.
 #[derive(Clone, Default)]
 pub struct Hooks {
     pub on_refused: Option<RefusalHook>,
     pub connections: Option<Connections>,
+    pub timeouts: Timeouts,
 }
 
 /// The label of a refused handshake in the certificate-refusal metric.
@@ -295,6 +317,9 @@ fn refusal_reason(error: &str) -> &'static str {
 /// own identity.
 pub struct PeerStream<S = tokio_rustls::server::TlsStream<TcpStream>> {
     inner: S,
+    /// Bytes already read from `inner` (the HTTP/2 preface, read to check
+    /// that the client speaks), handed out again before anything else.
+    replay: &'static [u8],
     peer: Peer,
     /// Keeps the connection listed while it is open.
     _registered: Option<ConnGuard>,
@@ -355,6 +380,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for PeerStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check_closed()?;
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay = &self.replay[n..];
+            return Poll::Ready(Ok(()));
+        }
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
         if read.is_pending()
             && let Some(c) = &self.closer
@@ -473,6 +504,7 @@ pub fn incoming_plain(
                     };
                     let stream = PeerStream {
                         inner: tcp,
+                        replay: &[],
                         peer,
                         _registered: None,
                         closer: None,
@@ -497,7 +529,7 @@ async fn handshake(
     remote: SocketAddr,
     hooks: Hooks,
 ) -> Option<PeerStream> {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let mut tls = match tokio::time::timeout(hooks.timeouts.handshake, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!(%remote, reason = %e, "TLS handshake refused");
@@ -513,6 +545,9 @@ async fn handshake(
             return None;
         }
     };
+    if !read_preface(&mut tls, remote, hooks.timeouts.preface).await {
+        return None;
+    }
     let (identity, serial) = match tls.get_ref().1.peer_certificates() {
         Some([leaf, ..]) => (
             NodeId::from_certificate(leaf),
@@ -544,8 +579,39 @@ async fn handshake(
     });
     Some(PeerStream {
         inner: tls,
+        replay: H2_PREFACE,
         peer: Peer { identity, remote },
         _registered: registered,
         closer: Some(closer),
     })
+}
+
+/// Waits (bounded) for the client's HTTP/2 connection preface; false, with
+/// the reason logged, when it does not come or is not one.
+async fn read_preface<S: AsyncRead + Unpin>(
+    tls: &mut S,
+    remote: SocketAddr,
+    wait: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut preface = [0u8; H2_PREFACE.len()];
+    match tokio::time::timeout(wait, tls.read_exact(&mut preface)).await {
+        Ok(Ok(_)) if preface == *H2_PREFACE => true,
+        Ok(Ok(_)) => {
+            info!(%remote, "the client does not speak HTTP/2 (no connection preface); closed");
+            metrics::counter!(crate::metrics::IDLE_CONNECTIONS_CLOSED, "reason" => "not_http2")
+                .increment(1);
+            false
+        }
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "connection closed before its first request");
+            false
+        }
+        Err(_) => {
+            info!(%remote, ?wait, "no HTTP/2 preface after the TLS handshake; closed");
+            metrics::counter!(crate::metrics::IDLE_CONNECTIONS_CLOSED, "reason" => "no_preface")
+                .increment(1);
+            false
+        }
+    }
 }

@@ -247,6 +247,39 @@ async fn a_stalled_link_is_detected_and_the_agent_reconnects() {
     );
 }
 
+/// A post's own alerts are in its store already; carrying them back down
+/// the link would double the traffic on the scarcest link.
+#[tokio::test]
+async fn a_posts_own_alerts_do_not_come_back_down_its_inbox() {
+    let (broker, proxy) = setup(Mode::Pass).await;
+    let agent = TestAgent::start(&broker, &proxy.url(), TJ_POST, |_| {}).await;
+    agent
+        .wait_until("link up", |s| s.link_state == LinkState::Up as i32)
+        .await;
+    let own: Vec<pb::Alert> = (0..200)
+        .map(|i| {
+            let mut a = alert(pb::Category::Migration, &format!("own {i}"));
+            a.description = "x".repeat(16 * 1024);
+            a
+        })
+        .collect();
+    publish_many(&mut agent.client().await, own).await;
+    agent
+        .wait_until("forwarded", |s| s.forwarded_total == 200)
+        .await;
+    // A neighbour's alert comes down after them: once it is in the inbox,
+    // everything the feed had before it has been delivered too.
+    let mut neighbour = broker.client(AF_OFFICE).await;
+    publish(&mut neighbour, alert(pb::Category::Migration, "theirs")).await;
+    let s = agent
+        .wait_until("inbox received", |s| s.inbox_total >= 1)
+        .await;
+    assert_eq!(s.inbox_total, 1, "own alerts came back down: {s:?}");
+    let (up, down) = proxy.bytes();
+    assert!(up > 200 * 16 * 1024, "up {up}");
+    assert!(down < up / 10, "{down} bytes down for {up} up");
+}
+
 #[tokio::test]
 async fn the_inbox_serves_local_subscribers_while_the_link_is_down() {
     let (broker, proxy) = setup(Mode::Pass).await;

@@ -165,3 +165,54 @@ async fn every_acknowledged_alert_survives_kill_9_at_random_moments() {
         );
     }
 }
+
+/// A subscriber that acknowledged everything and closed its stream cleanly
+/// may forget those alerts: a `kill -9` right after the close must not
+/// bring them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_before_a_clean_close_survive_a_kill_9_right_after() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("tmp");
+    let store_dir = data.path().join("store");
+    let server = ServeProcess::start(pki.path(), &store_dir);
+    let mut post = client::connect(&server.url, Some(&pki.node(TJ_POST)))
+        .await
+        .expect("connect");
+    let alerts: Vec<_> = (0..41)
+        .map(|i| alert(pb::Category::Drugs, &format!("{i}")))
+        .collect();
+    publish_many(&mut post, alerts).await;
+    let mut officer = client::connect(&server.url, Some(&pki.node(AF_OFFICE)))
+        .await
+        .expect("connect");
+    let mut feed = pb::OpenFeed {
+        start: start_all(),
+        ..open("main", pb::Filter::default())
+    };
+    let mut sub = Subscriber::open(&mut officer, feed.clone()).await;
+    let mut seqs = Vec::new();
+    for _ in 0..41 {
+        seqs.push(seq_of(&sub.next().await));
+    }
+    sub.ack(&seqs).await;
+    sub.close().await;
+    server.kill9();
+
+    let server = ServeProcess::start(pki.path(), &store_dir);
+    let mut post = client::connect(&server.url, Some(&pki.node(TJ_POST)))
+        .await
+        .expect("connect");
+    let barrier = publish(&mut post, alert(pb::Category::Drugs, "after the crash")).await;
+    let mut officer = client::connect(&server.url, Some(&pki.node(AF_OFFICE)))
+        .await
+        .expect("connect");
+    feed.start = None;
+    let mut sub = Subscriber::open(&mut officer, feed).await;
+    assert_eq!(sub.opened.ack_floor, 41, "the cursor survived the crash");
+    let next = sub.next().await;
+    assert_eq!(
+        seq_of(&next),
+        barrier.seq,
+        "an acknowledged alert came back"
+    );
+}

@@ -14,15 +14,20 @@ use liaison::proto as pb;
 use liaison::store::{Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
-fn open_broker(dir: &std::path::Path) -> Broker {
+fn open_broker(dir: &std::path::Path) -> (Broker, Store) {
     let store = Store::open(dir, StoreConfig::default()).expect("store opens");
-    Broker::new(store, BrokerConfig::default(), CancellationToken::new())
+    let broker = Broker::new(
+        store.clone(),
+        BrokerConfig::default(),
+        CancellationToken::new(),
+    );
+    (broker, store)
 }
 
 #[tokio::test]
 async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
     let dir = tempfile::tempdir().expect("tmp");
-    let broker = open_broker(dir.path());
+    let (broker, store) = open_broker(dir.path());
     let node: NodeId = common::TJ_POST.parse().expect("urn");
     let mut ids = Vec::new();
     for i in 0..40 {
@@ -30,7 +35,6 @@ async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
         ids.push(a.id.clone());
         broker.publish(&node, a).await.expect("publish");
     }
-    let store = broker.store().clone();
     let before = store.log_bytes().expect("bytes");
     let per_alert = before / 40;
     let limit = per_alert * 10;
@@ -62,7 +66,7 @@ async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
     // Sequences are never reused, even after pruning and reopening.
     store.close().await.expect("close");
     drop((broker, store));
-    let broker = open_broker(dir.path());
+    let (broker, _store) = open_broker(dir.path());
     let fresh = broker
         .publish(&node, alert(pb::Category::Arms, "fresh"))
         .await
@@ -73,7 +77,7 @@ async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
 #[tokio::test]
 async fn prune_by_age_removes_only_alerts_older_than_the_limit() {
     let dir = tempfile::tempdir().expect("tmp");
-    let broker = open_broker(dir.path());
+    let (broker, store) = open_broker(dir.path());
     let node: NodeId = common::TJ_POST.parse().expect("urn");
     for i in 0..5 {
         broker
@@ -81,7 +85,6 @@ async fn prune_by_age_removes_only_alerts_older_than_the_limit() {
             .await
             .expect("publish");
     }
-    let store = broker.store().clone();
     // Nothing is a day old.
     let none = store
         .prune(Some(Duration::from_secs(86_400)), None)

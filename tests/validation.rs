@@ -24,6 +24,36 @@ fn cases() -> Vec<(&'static str, Mutation, &'static str)> {
             |a| a.id = uuid::Uuid::nil().to_string(),
             "alert.id: must not be the nil UUID",
         ),
+        // The acknowledged id is the one sent: other spellings of a UUID
+        // are refused rather than rewritten.
+        (
+            "upper-case id",
+            |a| a.id = a.id.to_uppercase(),
+            "alert.id: must be a UUID in canonical form",
+        ),
+        (
+            "id without hyphens",
+            |a| a.id = a.id.replace('-', ""),
+            "alert.id: must be a UUID in canonical form",
+        ),
+        (
+            "id in braces",
+            |a| a.id = format!("{{{}}}", a.id),
+            "alert.id: must be a UUID in canonical form",
+        ),
+        (
+            "id as a URN",
+            |a| a.id = format!("urn:uuid:{}", a.id),
+            "alert.id: must be a UUID in canonical form",
+        ),
+        (
+            "reference without hyphens",
+            |a| {
+                a.msg_type = pb::MsgType::Update as i32;
+                a.references = vec![uuid::Uuid::now_v7().simple().to_string()];
+            },
+            "alert.references[0]: must be a UUID in canonical form",
+        ),
         ("no sent", |a| a.sent = None, "alert.sent: is required"),
         (
             "sent in the future",
@@ -276,7 +306,6 @@ async fn a_complete_alert_with_every_optional_part_is_accepted_as_sent() {
         longitude: lon,
     };
     let mut a = alert(pb::Category::Terrorism, "FTF suspect crossing");
-    a.id = a.id.to_uppercase();
     a.description = "Two men, one matching a notice.\nHeading north.".into();
     a.instruction = "Check documents".into();
     a.incident = "TJ-2026-0042".into();
@@ -324,11 +353,7 @@ async fn a_complete_alert_with_every_optional_part_is_accepted_as_sent() {
         description: "at the gate".into(),
     }];
     let ack = publish(&mut post, a.clone()).await;
-    assert_eq!(
-        ack.id,
-        a.id.to_lowercase(),
-        "ids are stored in canonical form"
-    );
+    assert_eq!(ack.id, a.id, "the acknowledged id is the one sent");
     let stored = post
         .get_alert(pb::GetAlertRequest { id: a.id.clone() })
         .await
@@ -337,7 +362,6 @@ async fn a_complete_alert_with_every_optional_part_is_accepted_as_sent() {
         .alert
         .expect("alert");
     let mut expected = a;
-    expected.id = expected.id.to_lowercase();
     expected.origin = stored.origin.clone();
     assert_eq!(stored, expected);
 }

@@ -89,9 +89,15 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), Problem> {
     let (tx, rx) = mpsc::channel(64);
+    // The post's own alerts are in its store already: carrying them back
+    // down would double the traffic on the scarcest link.
+    let filter = pb::Filter {
+        exclude_own: true,
+        ..inbox.filter.clone()
+    };
     let open = pb::OpenFeed {
         feed: inbox.feed.clone(),
-        filter: Some(inbox.filter.clone()),
+        filter: Some(filter),
         start: Some(inbox.start),
         max_in_flight: 256,
         ack_wait: None,

@@ -15,7 +15,6 @@
 
 mod downlink;
 mod link;
-mod service;
 mod uplink;
 
 use std::path::PathBuf;
@@ -24,21 +23,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
 use tracing::info;
 
 pub use downlink::InboxConfig;
-pub use link::{LinkConfig, Problem};
+pub use link::{Link, LinkConfig, Problem};
 
 use crate::broker::{Broker, BrokerConfig};
 use crate::client::{self, ClientError};
-use crate::grpc::BrokerService;
+use crate::grpc::AgentService;
 use crate::identity::{IdentityError, NodeId};
 use crate::proto::agent_server::AgentServer;
-use crate::proto::broker_server::BrokerServer;
 use crate::store::{OutboxLimits, Store, StoreConfig, StoreError};
 use crate::tls::{self, TlsError, TlsFiles};
-use service::AgentService;
 
 /// Everything `agent` needs besides the listener.
 #[derive(Debug, Clone)]
@@ -171,35 +167,19 @@ pub async fn run(
         shutdown.child_token(),
     ));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<BrokerServer<BrokerService>>().await;
-    let max_message = config
-        .broker
-        .limits
-        .max_alert_bytes
-        .saturating_mul(2)
-        .saturating_add(64 * 1024);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let mut services = crate::grpc::serve::services(&broker, &shutdown.child_token())
+        .await
         .map_err(|e| AgentError::Tls(TlsError::Config(format!("gRPC reflection: {e}"))))?;
-    let router = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            BrokerServer::new(BrokerService::new(broker, shutdown.child_token()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
+    services.router = services
+        .router
         .add_service(AgentServer::new(AgentService::new(
-            store.clone(),
+            broker.clone(),
             link,
             identity.clone(),
             config.upstream.clone(),
         )));
     info!(%local, %identity, upstream = %config.upstream, data = %config.data_dir.display(), "agent listening");
-    let signal = shutdown.clone().cancelled_owned();
+    let grace = config.shutdown_grace;
     match listen_tls {
         Some(tls_config) => {
             let incoming = tls::incoming(
@@ -208,21 +188,11 @@ pub async fn run(
                 shutdown.child_token(),
                 tls::Hooks::default(),
             );
-            crate::server::drain(
-                router.serve_with_incoming_shutdown(incoming, signal),
-                &shutdown,
-                config.shutdown_grace,
-            )
-            .await?;
+            crate::grpc::serve::serve(services, incoming, &shutdown, grace).await?;
         }
         None => {
             let incoming = tls::incoming_plain(listener, identity, shutdown.child_token());
-            crate::server::drain(
-                router.serve_with_incoming_shutdown(incoming, signal),
-                &shutdown,
-                config.shutdown_grace,
-            )
-            .await?;
+            crate::grpc::serve::serve(services, incoming, &shutdown, grace).await?;
         }
     }
     tasks.close();

@@ -110,10 +110,21 @@ fn local(e: StoreError) -> Problem {
 
 /// Alerts sent and not yet answered, oldest first, with their send time.
 struct InFlight {
-    queue: VecDeque<(Seq, Instant)>,
+    queue: VecDeque<Sent>,
+    /// Requests sent on this stream so far (the index of the next one).
+    sent: u64,
     /// Sent and not yet out of the outbox: unanswered, or answered with the
     /// removal still committing.
     seqs: HashSet<Seq>,
+}
+
+/// One request of the stream awaiting its answer.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    /// Its index in the stream, which its answer must carry.
+    index: u64,
+    seq: Seq,
+    at: Instant,
 }
 
 impl InFlight {
@@ -177,6 +188,7 @@ async fn exchange(
     let mut meta = store.watch_meta();
     let mut in_flight = InFlight {
         queue: VecDeque::new(),
+        sent: 0,
         seqs: HashSet::new(),
     };
     // Waiting for each removal's flush before sending more would leave the
@@ -203,7 +215,12 @@ async fn exchange(
                 tx.send(req)
                     .await
                     .map_err(|_| Problem::Down("upstream closed the publish stream".into()))?;
-                in_flight.queue.push_back((record.seq, Instant::now()));
+                in_flight.queue.push_back(Sent {
+                    index: in_flight.sent,
+                    seq: record.seq,
+                    at: Instant::now(),
+                });
+                in_flight.sent += 1;
                 in_flight.seqs.insert(record.seq);
             }
             if !expired.is_empty() {
@@ -213,7 +230,7 @@ async fn exchange(
                     .map_err(local)?;
             }
         }
-        let Some(&(_, oldest_sent)) = in_flight.queue.front() else {
+        let Some(oldest_sent) = in_flight.queue.front().map(|s| s.at) else {
             if found {
                 continue; // everything in that batch had expired; look again
             }
@@ -252,7 +269,7 @@ async fn exchange(
                     }
                 }
                 link.contact();
-                let (removals, transient) = settle(answers, &mut in_flight)?;
+                let (removals, transient) = settle(answers, &mut in_flight);
                 for (seqs, outcome) in removals {
                     let store = store.clone();
                     settling.push(
@@ -281,22 +298,34 @@ async fn exchange(
 /// Outbox removals to commit: the seqs and why they leave.
 type Removals = Vec<(Vec<Seq>, Outcome)>;
 
-/// Applies answers to the in-flight queue (answers come in send order): the
-/// outbox removals to commit, and the transient failure that ends the
-/// session, if one was answered.
+/// Applies answers to the in-flight queue (answers come in send order, each
+/// naming its request's index): the outbox removals to commit, and the
+/// transient failure that ends the session, if one was answered. An answer
+/// for another request than the oldest unanswered one ends the session
+/// without removing it: nothing leaves the outbox on a guess.
 fn settle(
     answers: Vec<pb::PublishStreamResponse>,
     in_flight: &mut InFlight,
-) -> Result<(Removals, Option<Problem>), Problem> {
+) -> (Removals, Option<Problem>) {
     let mut forwarded = Vec::new();
     let mut rejected = Vec::new();
     let mut transient = None;
     for answer in answers {
-        let Some((seq, _)) = in_flight.queue.pop_front() else {
-            return Err(Problem::Down(
+        let Some(sent) = in_flight.queue.front().copied() else {
+            transient = Some(Problem::Down(
                 "upstream answered more alerts than were sent".into(),
             ));
+            break;
         };
+        if answer.index != sent.index {
+            transient = Some(Problem::Down(format!(
+                "upstream answered request {} when request {} was due",
+                answer.index, sent.index
+            )));
+            break;
+        }
+        in_flight.queue.pop_front();
+        let seq = sent.seq;
         match answer.result {
             Some(pb::publish_stream_response::Result::Ack(_)) => forwarded.push(seq),
             Some(pb::publish_stream_response::Result::Error(e)) if permanent(&e) => {
@@ -323,5 +352,61 @@ fn settle(
     .into_iter()
     .filter(|(seqs, _)| !seqs.is_empty())
     .collect();
-    Ok((removals, transient))
+    (removals, transient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_flight(n: u64) -> InFlight {
+        let mut f = InFlight {
+            queue: VecDeque::new(),
+            sent: 0,
+            seqs: HashSet::new(),
+        };
+        for i in 0..n {
+            f.queue.push_back(Sent {
+                index: i,
+                seq: Seq(100 + i),
+                at: Instant::now(),
+            });
+            f.seqs.insert(Seq(100 + i));
+            f.sent += 1;
+        }
+        f
+    }
+
+    fn ack(index: u64) -> pb::PublishStreamResponse {
+        pb::PublishStreamResponse {
+            index,
+            result: Some(pb::publish_stream_response::Result::Ack(
+                pb::PublishResponse::default(),
+            )),
+        }
+    }
+
+    #[test]
+    fn answers_leave_the_outbox_only_for_the_request_they_name() {
+        let mut f = in_flight(3);
+        // Request 1 answered where 0 was due (a broker that skipped one):
+        // nothing is removed on a guess.
+        let (removals, problem) = settle(vec![ack(1)], &mut f);
+        assert!(removals.is_empty());
+        assert!(matches!(problem, Some(Problem::Down(_))));
+        assert_eq!(f.queue.len(), 3);
+
+        let mut f = in_flight(3);
+        let (removals, problem) = settle(vec![ack(0), ack(1), ack(7)], &mut f);
+        assert_eq!(
+            removals,
+            vec![(vec![Seq(100), Seq(101)], Outcome::Forwarded)]
+        );
+        assert!(problem.is_some(), "the stray answer ends the session");
+        assert_eq!(f.queue.front().map(|s| s.index), Some(2));
+
+        let mut f = in_flight(1);
+        let (_, problem) = settle(vec![ack(0), ack(1)], &mut f);
+        assert!(problem.is_some(), "more answers than requests");
+    }
 }

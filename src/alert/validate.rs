@@ -76,8 +76,7 @@ pub fn validate(
             ),
         );
     }
-    let id = parse_uuid("alert.id", &msg.id)?;
-    msg.id = id.hyphenated().to_string();
+    let id = canonical_uuid("alert.id", &msg.id)?;
     check_identity(&msg, id, limits, now)?;
     check_content(&msg)?;
     if let Some(area) = &msg.area {
@@ -152,7 +151,7 @@ fn check_identity(
     }
     max_items("alert.references", msg.references.len(), MAX_REFERENCES)?;
     for (i, r) in msg.references.iter().enumerate() {
-        if parse_uuid(&format!("alert.references[{i}]"), r)? == id {
+        if canonical_uuid(&format!("alert.references[{i}]"), r)? == id {
             return reject(
                 format!("alert.references[{i}]"),
                 "an alert cannot reference itself",
@@ -427,6 +426,20 @@ fn check_attachments(attachments: &[pb::Attachment]) -> Result<(), Rejection> {
         )?;
     }
     Ok(())
+}
+
+/// An id as a client must send it: the canonical form, exactly as the broker
+/// stores and answers it (so the acknowledged id is the one sent).
+fn canonical_uuid(field: &str, s: &str) -> Result<Uuid, Rejection> {
+    let u = parse_uuid(field, s)?;
+    if s.len() != 36 || u.hyphenated().to_string() != s {
+        return reject(
+            field,
+            "must be a UUID in canonical form: 36 characters, lower-case hex digits and hyphens, \
+             such as 0192b8a0-7d3c-7cc1-9a0e-3f1c2b4d5e6f",
+        );
+    }
+    Ok(u)
 }
 
 fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Rejection> {

@@ -345,7 +345,15 @@ impl FeedTask {
             }
         };
         self.audit_deliveries().await;
+        // The subscriber may drop what it acknowledged once its stream
+        // ends, so the cursor is on disk before the stream ends (acks of an
+        // open stream become durable with the next checkpoint).
         self.persist();
+        if self.name.is_some()
+            && let Err(e) = self.store.flush().await
+        {
+            debug!(error = %e, "the feed cursor could not be flushed as the feed closed");
+        }
         self.set_connected(false);
         match end {
             Some(end) => {
@@ -452,7 +460,9 @@ impl FeedTask {
             if self.acked.contains(&record.seq) {
                 continue;
             }
-            if self.filter.matches(&record.alert) && policy.entitled(&record.alert, &self.owner) {
+            if self.filter.matches(&record.alert, &self.owner)
+                && policy.entitled(&record.alert, &self.owner)
+            {
                 let seq = record.seq;
                 self.send(FeedEvent::Delivery {
                     record: record.clone(),

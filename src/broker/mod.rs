@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-pub use admin::FeedView;
+pub use admin::{FeedView, LogStats};
 pub use feed::{FeedEnd, FeedEvent, FeedHandle, FeedOpened, FeedSpec, Start};
 pub use retention::Retention;
 
@@ -131,7 +131,7 @@ impl Broker {
         }
     }
 
-    pub fn store(&self) -> &Store {
+    fn store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -277,7 +277,7 @@ impl Broker {
                     page.next = None;
                     return Ok(page);
                 }
-                if query.filter.matches(&r.alert) && policy.entitled(&r.alert, viewer) {
+                if query.filter.matches(&r.alert, viewer) && policy.entitled(&r.alert, viewer) {
                     bytes += prost::Message::encoded_len(&r.alert.body);
                     page.records.push(r.clone());
                 }

@@ -44,6 +44,9 @@ pub struct FilterArgs {
     /// Also receive TEST alerts.
     #[arg(long)]
     pub include_test: bool,
+    /// Leave out the alerts this node published itself.
+    #[arg(long)]
+    pub exclude_own: bool,
 }
 
 impl FilterArgs {
@@ -61,6 +64,7 @@ impl FilterArgs {
             origin_countries: self.origin_countries.clone(),
             include_exercise: self.include_exercise,
             include_test: self.include_test,
+            exclude_own: self.exclude_own,
         })
     }
 }

@@ -24,6 +24,8 @@ pub struct FlakyProxy {
     mode: Arc<watch::Sender<Mode>>,
     /// Client-to-server bytes forwarded so far.
     upstream_bytes: Arc<AtomicU64>,
+    /// Server-to-client bytes forwarded so far.
+    downstream_bytes: Arc<AtomicU64>,
     /// Cut once `upstream_bytes` reaches this (u64::MAX: never).
     cut_at: Arc<AtomicU64>,
     /// Where connections go; a restarted broker has a new port.
@@ -41,11 +43,13 @@ impl FlakyProxy {
         let (tx, _) = watch::channel(mode);
         let mode = Arc::new(tx);
         let upstream_bytes = Arc::new(AtomicU64::new(0));
+        let downstream_bytes = Arc::new(AtomicU64::new(0));
         let cut_at = Arc::new(AtomicU64::new(u64::MAX));
         let target = Arc::new(std::sync::Mutex::new(target));
-        let (m, bytes, cut, to) = (
+        let (m, up, down, cut, to) = (
             mode.clone(),
             upstream_bytes.clone(),
+            downstream_bytes.clone(),
             cut_at.clone(),
             target.clone(),
         );
@@ -61,14 +65,15 @@ impl FlakyProxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, m.clone(), Some((bytes.clone(), cut.clone()))));
-                tokio::spawn(pump(sr, cw, m.clone(), None));
+                tokio::spawn(pump(cr, sw, m.clone(), up.clone(), Some(cut.clone())));
+                tokio::spawn(pump(sr, cw, m.clone(), down.clone(), None));
             }
         });
         Ok(FlakyProxy {
             addr,
             mode,
             upstream_bytes,
+            downstream_bytes,
             cut_at,
             target,
         })
@@ -98,6 +103,14 @@ impl FlakyProxy {
 
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Bytes forwarded so far: (client to server, server to client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.upstream_bytes.load(Ordering::SeqCst),
+            self.downstream_bytes.load(Ordering::SeqCst),
+        )
     }
 
     /// Waits until the proxy is in `mode` (e.g. after a `cut_after`).
@@ -162,7 +175,8 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: Arc<watch::Sender<Mode>>,
-    count: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
+    bytes: Arc<AtomicU64>,
+    cut_at: Option<Arc<AtomicU64>>,
 ) {
     let mut rx = mode.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
@@ -191,13 +205,13 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        if let Some((bytes, cut_at)) = &count {
-            let total = bytes.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-            if total >= cut_at.load(Ordering::SeqCst) {
-                cut_at.store(u64::MAX, Ordering::SeqCst);
-                mode.send_replace(Mode::Cut);
-                return;
-            }
+        let total = bytes.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        if let Some(cut_at) = &cut_at
+            && total >= cut_at.load(Ordering::SeqCst)
+        {
+            cut_at.store(u64::MAX, Ordering::SeqCst);
+            mode.send_replace(Mode::Cut);
+            return;
         }
     }
 }

@@ -56,6 +56,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the store refused for lack of room (a full disk or outbox):
+    /// the caller may retry later; nothing was stored.
+    pub fn is_resource_exhausted(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DiskFull(_) | StoreError::OutboxFull { .. }
+        )
+    }
+
     fn from_sled(e: sled::Error) -> Self {
         match &e {
             sled::Error::Io(io) if io.raw_os_error() == Some(28) => {

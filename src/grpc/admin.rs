@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
 
+use super::authenticated;
 use crate::alert::timestamp;
 use crate::broker::Broker;
-use crate::grpc::authenticated;
 use crate::proto as pb;
 use crate::proto::admin_server::Admin;
 use crate::tls::Connections;
@@ -55,15 +55,15 @@ impl Admin for AdminService {
         req: Request<pb::AdminAuditRequest>,
     ) -> Result<Response<Self::AuditStream>, Status> {
         self.authorise(&req).await?;
-        let store = self.broker.store().clone();
+        let broker = self.broker.clone();
         // The trail as it stands now: records appended while it streams are
         // for the next call.
-        let end = store.audit_count().map_err(internal)?;
+        let end = broker.audit_count().map_err(internal)?;
         let mut from = req.into_inner().from_seq.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             while from <= end {
-                let page = match store.audit_records(from, AUDIT_PAGE) {
+                let page = match broker.audit_records(from, AUDIT_PAGE) {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(internal(e))).await;
@@ -143,17 +143,17 @@ impl Admin for AdminService {
         req: Request<pb::AdminStatsRequest>,
     ) -> Result<Response<pb::AdminStatsResponse>, Status> {
         self.authorise(&req).await?;
-        let store = self.broker.store();
+        let stats = self.broker.log_stats().map_err(internal)?;
         let feeds = self.broker.feed_views().map_err(internal)?;
         let policy = self.broker.policy();
         Ok(Response::new(pb::AdminStatsResponse {
-            head_seq: store.head().0,
-            first_seq: store.first_seq().map_err(internal)?.map_or(0, |s| s.0),
-            log_bytes: store.log_bytes().map_err(internal)?,
+            head_seq: stats.head.0,
+            first_seq: stats.first.map_or(0, |s| s.0),
+            log_bytes: stats.bytes,
             feeds: feeds.len() as u64,
             feeds_connected: feeds.iter().filter(|f| f.connected).count() as u64,
             connections: self.connections.list().len() as u64,
-            audit_records: store.audit_count().map_err(internal)?,
+            audit_records: stats.audit_records,
             started: Some(timestamp(self.started)),
             policy_open: policy.is_open(),
             agreements: policy.agreements().len() as u64,

@@ -2,24 +2,24 @@
 
 use tonic::{Request, Response, Status};
 
-use super::link::Link;
+use crate::agent::Link;
 use crate::alert::{origin_proto, timestamp};
+use crate::broker::Broker;
 use crate::identity::NodeId;
 use crate::proto as pb;
 use crate::proto::agent_server::Agent;
-use crate::store::Store;
 
 pub struct AgentService {
-    store: Store,
+    broker: Broker,
     link: Link,
     identity: NodeId,
     upstream: String,
 }
 
 impl AgentService {
-    pub fn new(store: Store, link: Link, identity: NodeId, upstream: String) -> Self {
+    pub fn new(broker: Broker, link: Link, identity: NodeId, upstream: String) -> Self {
         Self {
-            store,
+            broker,
             link,
             identity,
             upstream,
@@ -34,7 +34,7 @@ impl Agent for AgentService {
         _req: Request<pb::AgentStatusRequest>,
     ) -> Result<Response<pb::AgentStatusResponse>, Status> {
         let stats = self
-            .store
+            .broker
             .outbox_stats()
             .map_err(|e| Status::internal(e.to_string()))?;
         let link = self.link.status();
@@ -52,7 +52,7 @@ impl Agent for AgentService {
             expired_total: stats.expired,
             rejected_total: stats.rejected,
             inbox_total: stats.inbox,
-            head_seq: self.store.head().0,
+            head_seq: self.broker.head().0,
         }))
     }
 }
