@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::alert::{AlertId, from_micros};
+use crate::alert::{AlertId, Seq, from_micros};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub enum AuditKind {
     PolicyReloaded,
     /// A new policy file was refused; the old one stays in force.
     PolicyRejected,
+    /// The store opened after accepting damage to its write-ahead log (an
+    /// operator's `--wal-recovery` choice), or moved its sequence numbers
+    /// past records a crash may have cut.
+    Recovery,
 }
 
 impl AuditKind {
@@ -44,6 +48,7 @@ impl AuditKind {
             AuditKind::AuthFailure => "auth_failure",
             AuditKind::PolicyReloaded => "policy_reloaded",
             AuditKind::PolicyRejected => "policy_rejected",
+            AuditKind::Recovery => "recovery",
         }
     }
 }
@@ -61,6 +66,34 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// The alerts of one origin that one commit accepted.
+    pub fn published(origin: impl Into<String>, alerts: &[(Seq, AlertId)]) -> Self {
+        let (alert, detail) = listing("", alerts);
+        Self::new(AuditKind::Published, origin, alert, detail)
+    }
+
+    /// The first deliveries of one read of a feed.
+    pub fn delivered(owner: impl Into<String>, feed: &str, alerts: &[(Seq, AlertId)]) -> Self {
+        let (alert, detail) = listing(&format!("feed {feed}; "), alerts);
+        Self::new(AuditKind::Delivered, owner, alert, detail)
+    }
+
+    /// Receipts of one kind, recipient and feed recorded together; `what`
+    /// says which ("delivered; feed main", "acknowledged; note …").
+    pub fn receipts(recipient: impl Into<String>, what: &str, alerts: &[AlertId]) -> Self {
+        let (alert, detail) = match alerts {
+            [one] => (Some(*one), what.to_owned()),
+            many => {
+                let ids: Vec<String> = many.iter().map(ToString::to_string).collect();
+                (
+                    None,
+                    format!("{what}; {} alerts {}", many.len(), ids.join(" ")),
+                )
+            }
+        };
+        Self::new(AuditKind::Receipt, recipient, alert, detail)
+    }
+
     pub fn new(
         kind: AuditKind,
         actor: impl Into<String>,
@@ -72,6 +105,22 @@ impl AuditEvent {
             actor: actor.into(),
             alert,
             detail: detail.into(),
+        }
+    }
+}
+
+/// The detail of an event about several alerts: one alert is named in the
+/// record's alert field (`prefix` + "seq N"); several are listed as
+/// `seq:id` pairs.
+fn listing(prefix: &str, alerts: &[(Seq, AlertId)]) -> (Option<AlertId>, String) {
+    match alerts {
+        [(seq, id)] => (Some(*id), format!("{prefix}seq {seq}")),
+        many => {
+            let items: Vec<String> = many.iter().map(|(seq, id)| format!("{seq}:{id}")).collect();
+            (
+                None,
+                format!("{prefix}{} alerts (seq:id) {}", many.len(), items.join(" ")),
+            )
         }
     }
 }

@@ -13,6 +13,15 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // sled panics on some damaged files; the store turns those panics into
+    // an error that names the data directory, so they are not printed as
+    // a crash.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !liaison::store::panic_expected() {
+            default_hook(info);
+        }
+    }));
     let args = match liaison::cli::config::expand(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
@@ -51,8 +60,22 @@ fn main() -> ExitCode {
     match runtime.block_on(liaison::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, each cause once: most errors
+/// already include their source's text in their own.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -111,24 +111,41 @@ pub fn identity_of(cert: &std::path::Path) -> Result<NodeId, AgentError> {
     })
 }
 
-/// Runs the agent on `listener` until `shutdown` is cancelled.
+/// Runs the agent on `listener` until `shutdown` is cancelled. [`open`] and
+/// [`Opened::serve`] are its two halves, for a caller that announces
+/// readiness in between.
 ///
 /// # Errors
 /// When the certificates, the store or the local listener cannot be used.
 pub async fn run(
     listener: TcpListener,
-    mut config: AgentConfig,
+    config: AgentConfig,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    open(config, shutdown).await?.serve(listener).await
+}
+
+/// An agent whose certificate is read and whose store is open and
+/// replayed, not serving yet.
+pub struct Opened {
+    config: AgentConfig,
+    identity: NodeId,
+    upstream: tonic::transport::Endpoint,
+    store: Store,
+    broker: Broker,
+    shutdown: CancellationToken,
+}
+
+/// Reads the agent's identity, prepares the upstream endpoint and opens
+/// the store (which replays its write-ahead log).
+///
+/// # Errors
+/// When the certificate or the store cannot be used.
+pub async fn open(
+    mut config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<Opened, AgentError> {
     let identity = identity_of(&config.tls.cert)?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| AgentError::Tls(TlsError::Config(e.to_string())))?;
-    let listen_tls = match &config.listen_tls {
-        Some(files) => Some(tls::server_config(files)?),
-        None if local.ip().is_loopback() => None,
-        None => return Err(AgentError::PlaintextNotLoopback(local)),
-    };
     let upstream = client::endpoint(&config.upstream, Some(&config.tls))?
         .http2_keep_alive_interval(config.link.keepalive_interval)
         .keep_alive_timeout(config.link.keepalive_timeout)
@@ -141,9 +158,88 @@ pub async fn run(
         }
     })?;
     let broker = Broker::new(store.clone(), config.broker.clone(), shutdown.child_token());
-    let link = link::Link::new(&config.upstream);
+    Ok(Opened {
+        config,
+        identity,
+        upstream,
+        store,
+        broker,
+        shutdown,
+    })
+}
 
-    let tasks = TaskTracker::new();
+impl Opened {
+    /// Serves the post on `listener` and runs the link until shutdown.
+    ///
+    /// # Errors
+    /// When the local listener cannot be used or the server fails.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), AgentError> {
+        let Opened {
+            config,
+            identity,
+            upstream,
+            store,
+            broker,
+            shutdown,
+        } = self;
+        let local = listener
+            .local_addr()
+            .map_err(|e| AgentError::Tls(TlsError::Config(e.to_string())))?;
+        let listen_tls = match &config.listen_tls {
+            Some(files) => Some(tls::server_config(files)?),
+            None if local.ip().is_loopback() => None,
+            None => return Err(AgentError::PlaintextNotLoopback(local)),
+        };
+        let link = link::Link::new(&config.upstream);
+        let tasks = TaskTracker::new();
+        start_links(&tasks, &broker, &store, upstream, &link, &config, &shutdown);
+        let mut services = crate::grpc::serve::services(&broker, &shutdown.child_token())
+            .await
+            .map_err(|e| AgentError::Tls(TlsError::Config(format!("gRPC reflection: {e}"))))?;
+        services.router = services
+            .router
+            .add_service(AgentServer::new(AgentService::new(
+                broker.clone(),
+                link,
+                identity.clone(),
+                config.upstream.clone(),
+            )));
+        info!(%local, %identity, upstream = %config.upstream, data = %config.data_dir.display(), "agent listening");
+        let grace = config.shutdown_grace;
+        match listen_tls {
+            Some(tls_config) => {
+                let incoming = tls::incoming(
+                    listener,
+                    tokio::sync::watch::channel(tls_config).1,
+                    shutdown.child_token(),
+                    tls::Hooks::default(),
+                );
+                crate::grpc::serve::serve(services, incoming, &shutdown, grace).await?;
+            }
+            None => {
+                let incoming = tls::incoming_plain(listener, identity, shutdown.child_token());
+                crate::grpc::serve::serve(services, incoming, &shutdown, grace).await?;
+            }
+        }
+        tasks.close();
+        let _ = tokio::time::timeout(grace, tasks.wait()).await;
+        store.close().await.map_err(AgentError::Flush)?;
+        info!("agent stopped; store flushed");
+        Ok(())
+    }
+}
+
+/// The agent's background tasks: retention, the uplink, the downlink and
+/// the metrics export.
+fn start_links(
+    tasks: &TaskTracker,
+    broker: &Broker,
+    store: &Store,
+    upstream: tonic::transport::Endpoint,
+    link: &link::Link,
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) {
     tasks.spawn(broker.clone().run_retention());
     tasks.spawn(uplink::run(
         store.clone(),
@@ -160,46 +256,11 @@ pub async fn run(
         config.inbox.clone(),
         shutdown.child_token(),
     ));
-
     tasks.spawn(export_metrics(
         store.clone(),
         link.clone(),
         shutdown.child_token(),
     ));
-
-    let mut services = crate::grpc::serve::services(&broker, &shutdown.child_token())
-        .await
-        .map_err(|e| AgentError::Tls(TlsError::Config(format!("gRPC reflection: {e}"))))?;
-    services.router = services
-        .router
-        .add_service(AgentServer::new(AgentService::new(
-            broker.clone(),
-            link,
-            identity.clone(),
-            config.upstream.clone(),
-        )));
-    info!(%local, %identity, upstream = %config.upstream, data = %config.data_dir.display(), "agent listening");
-    let grace = config.shutdown_grace;
-    match listen_tls {
-        Some(tls_config) => {
-            let incoming = tls::incoming(
-                listener,
-                tokio::sync::watch::channel(tls_config).1,
-                shutdown.child_token(),
-                tls::Hooks::default(),
-            );
-            crate::grpc::serve::serve(services, incoming, &shutdown, grace).await?;
-        }
-        None => {
-            let incoming = tls::incoming_plain(listener, identity, shutdown.child_token());
-            crate::grpc::serve::serve(services, incoming, &shutdown, grace).await?;
-        }
-    }
-    tasks.close();
-    let _ = tokio::time::timeout(config.shutdown_grace, tasks.wait()).await;
-    store.close().await.map_err(AgentError::Flush)?;
-    info!("agent stopped; store flushed");
-    Ok(())
 }
 
 /// Publishes the agent's link and queue figures as metrics, once a second.

@@ -84,6 +84,8 @@ pub struct AgentRunArgs {
     /// HTTP/2 keepalive interval towards upstream (stall detection).
     #[arg(long, default_value = "15s")]
     pub keepalive: String,
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +118,7 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
     config.inbox.filter = args.inbox_filter.to_proto()?;
     config.link.backoff_max = parse_duration(&args.max_backoff)?;
     config.link.keepalive_interval = parse_duration(&args.keepalive)?;
+    config.store = args.store.store_config();
     if let (Some(cert), Some(key)) = (args.listen_cert, args.listen_key) {
         config.listen_tls = Some(TlsFiles {
             ca: config.tls.ca.clone(),
@@ -131,14 +134,15 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
     } else {
         "http"
     };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    let opened = agent::open(config, shutdown.clone()).await?;
     super::announce(&format!(
         "liaison agent: listening on {scheme}://{}",
         listener.local_addr()?
     ));
-    let shutdown = CancellationToken::new();
     super::start_metrics(&args.metrics, &shutdown).await?;
-    tokio::spawn(on_signal(shutdown.clone()));
-    agent::run(listener, config, shutdown).await?;
+    opened.serve(listener).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,6 +41,7 @@ const SERVE: &[Key] = &[
     ("retain", "--retain", None, Shape::Duration),
     ("retain_bytes", "--retain-bytes", None, Shape::Number),
     ("shutdown_grace", "--shutdown-grace", None, Shape::Duration),
+    ("min_free_disk", "--min-free-disk", None, Shape::Number),
 ];
 
 const AGENT: &[Key] = &[
@@ -87,6 +88,7 @@ const AGENT: &[Key] = &[
     ("max_backoff", "--max-backoff", None, Shape::Duration),
     ("keepalive", "--keepalive", None, Shape::Duration),
     ("metrics", "--metrics", Some("LIAISON_METRICS"), Shape::Text),
+    ("min_free_disk", "--min-free-disk", None, Shape::Number),
 ];
 
 /// Which command a file configures.

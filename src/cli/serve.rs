@@ -15,6 +15,7 @@ use super::alert_args::parse_duration;
 use crate::broker::Retention;
 use crate::pki;
 use crate::server::{self, ServeConfig};
+use crate::store::{StoreConfig, WalRecovery};
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Args)]
@@ -52,6 +53,48 @@ pub struct ServeArgs {
     /// How long open streams get to close on shutdown.
     #[arg(long, default_value = "10s")]
     pub shutdown_grace: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The store flags `serve` and `agent` share.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Refuse new alerts (RESOURCE_EXHAUSTED) while the data directory's
+    /// disk has less free space than this, in bytes (0: never; then a full
+    /// disk stops all writes until a restart). They are accepted again,
+    /// without a restart, once there is room.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub min_free_disk: u64,
+    /// What to do, for this start, when the write-ahead log is damaged:
+    /// refuse to start (strict), keep what comes before the damage
+    /// (point-in-time), or keep every intact record (skip-damaged). The
+    /// choice and what it cost are logged and audited.
+    #[arg(long, value_enum, default_value_t = WalRecoveryArg::Strict)]
+    pub wal_recovery: WalRecoveryArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalRecoveryArg {
+    Strict,
+    PointInTime,
+    SkipDamaged,
+}
+
+impl StoreArgs {
+    /// The store settings these flags make.
+    pub fn store_config(&self) -> StoreConfig {
+        let mut config = StoreConfig {
+            min_free_bytes: self.min_free_disk,
+            ..StoreConfig::default()
+        };
+        config.wal.recovery = match self.wal_recovery {
+            WalRecoveryArg::Strict => WalRecovery::Strict,
+            WalRecoveryArg::PointInTime => WalRecovery::PointInTime,
+            WalRecoveryArg::SkipDamaged => WalRecovery::SkipDamaged,
+        };
+        config
+    }
 }
 
 /// A banner on standard error: the operator must not miss it.
@@ -109,6 +152,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     config.shutdown_grace = parse_duration(&args.shutdown_grace)?;
     config.policy_file = args.policy.clone();
+    config.store = args.store.store_config();
     if !args.data.exists() {
         warn!(data = %args.data.display(), "no data directory: creating a new, empty store");
     }
@@ -116,12 +160,14 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    // A line on standard output that scripts and tests wait for.
-    super::announce(&format!("liaison: listening on https://{addr}"));
     let shutdown = CancellationToken::new();
-    super::start_metrics(&args.metrics, &shutdown).await?;
     tokio::spawn(on_signal(shutdown.clone()));
-    server::run(listener, config, shutdown).await?;
+    let opened = server::open(config, shutdown.clone()).await?;
+    // A line on standard output that scripts and tests wait for: the store
+    // is open and replayed, so what it answers is the truth.
+    super::announce(&format!("liaison: listening on https://{addr}"));
+    super::start_metrics(&args.metrics, &shutdown).await?;
+    opened.serve(listener).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -188,12 +188,8 @@ pub async fn audit(cmd: AuditCommand) -> Result<ExitCode> {
     if !data.exists() {
         anyhow::bail!("{} does not exist", data.display());
     }
-    let store = Store::open(&data, StoreConfig::default()).with_context(|| {
-        format!(
-            "opening {} (is a broker still running on it?)",
-            data.display()
-        )
-    })?;
+    let store = Store::open(&data, StoreConfig::default())
+        .with_context(|| format!("cannot open the store in {}", data.display()))?;
     let code = match cmd {
         AuditCommand::Verify { .. } => {
             let mut records = Vec::new();

@@ -7,11 +7,10 @@
 //! |---|---|
 //! | `a` seq:u64 | prost `AlertRecord` |
 //! | `i` id:[u8;16] | seq:u64, received_at_us:u64 |
-//! | `t` received_at_us:u64 seq:u64 | empty — no longer written (times are found by binary search over `a`); removed by retention where old stores have it |
 //! | `o` class:u8 seq:u64 | encoded size:u64 — the agent's outbox (class 0 = priority, 1 = routine) |
 //! | `z` seq:u64 | audit record (hash-chained) |
 //! | `r` id:[u8;16] kind:u8 recipient-urn 0x00 feed | receipt (time, note) |
-//! | `m` name | meta value (`next_seq`, `bytes`, outbox and counters: u64) |
+//! | `m` name | meta value (`next_seq`, `bytes`, outbox and counters, the sequence reservation: u64; the WAL checkpoint) |
 //!
 //! Tree `feeds` (durable feed state): key `owner-urn 0x00 feed-name`, value
 //! prost `StoredFeed`.
@@ -20,7 +19,6 @@ use crate::alert::{AlertId, Seq};
 
 pub const ALERT: u8 = b'a';
 pub const ID: u8 = b'i';
-pub const TIME: u8 = b't';
 pub const OUTBOX: u8 = b'o';
 pub const AUDIT: u8 = b'z';
 pub const RECEIPT: u8 = b'r';
@@ -32,13 +30,23 @@ pub const META_FORWARDED: &[u8] = b"mforwarded";
 pub const META_EXPIRED: &[u8] = b"mexpired";
 pub const META_REJECTED: &[u8] = b"mrejected";
 pub const META_INBOX: &[u8] = b"minbox";
-/// The newest write-ahead log record whose batch sled holds on disk.
+/// Sequences below this one may have been handed out (written ahead of use).
+pub const META_SEQ_RESERVED: &[u8] = b"mseq_reserved";
+/// The newest write-ahead log record whose batch sled holds on disk, the
+/// file then in use, and whether the store was closed cleanly.
 pub const META_WAL_CHECKPOINT: &[u8] = b"mwal_checkpoint";
 
 pub fn audit(seq: u64) -> [u8; 9] {
     let mut k = [AUDIT; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+pub fn audit_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [AUDIT, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// Prefix of every receipt of one alert.
@@ -114,13 +122,6 @@ pub fn parse_id_value(v: &[u8]) -> Option<(Seq, u64)> {
     Some((Seq(seq), us))
 }
 
-pub fn time(received_us: u64, seq: Seq) -> [u8; 17] {
-    let mut k = [TIME; 17];
-    k[1..9].copy_from_slice(&received_us.to_be_bytes());
-    k[9..].copy_from_slice(&seq.0.to_be_bytes());
-    k
-}
-
 pub fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
@@ -156,12 +157,6 @@ mod tests {
     }
 
     #[test]
-    fn time_keys_sort_by_time_then_seq() {
-        assert!(time(1, Seq(9)) < time(2, Seq(1)));
-        assert!(time(2, Seq(1)) < time(2, Seq(2)));
-    }
-
-    #[test]
     fn id_values_round_trip() {
         assert_eq!(
             parse_id_value(&id_value(Seq(42), 1_700_000_000_000_000)),
@@ -177,6 +172,7 @@ mod tests {
         assert!(key.starts_with(&receipts_of(&id)));
         assert_eq!(parse_receipt(&key), Some((2, "urn:liaison:AF:x:y", "main")));
         assert!(audit(9) < audit(10));
+        assert_eq!(audit_seq(&audit(300)), Some(300));
     }
 
     #[test]

@@ -1,24 +1,39 @@
 //! The durable store: the only module that touches sled.
 //!
 //! - The **log** holds every accepted alert by sequence number, with an id
-//!   index (dedupe, get by id). Exactly one thread, the [writer](writer),
-//!   changes it: it takes every pending command, writes the group to the
-//!   [write-ahead log](wal), applies it, and a flusher thread syncs the WAL
-//!   once for all groups waiting (group commit) before anyone is answered.
-//! - **Feed state** (filter and cursor of durable feeds) is written directly;
-//!   it becomes durable with the next checkpoint (at most a second). Losing
-//!   the newest acks in a crash only means redelivery, which at-least-once
-//!   allows.
+//!   index (dedupe, get by id), the agent's outbox, receipts, the audit
+//!   chain and the counters. Exactly one thread, the [writer](writer),
+//!   changes it: it takes every pending command, writes the group as one
+//!   record of the [write-ahead log](wal), applies it, and the
+//!   [flusher](flusher) syncs the log once for all groups waiting (group
+//!   commit) before anyone is answered.
+//! - **Feed state** (filter and cursor of durable feeds, [`feeds`]) is
+//!   written directly; it becomes durable with the next checkpoint (at most
+//!   a second), or at once with [`Store::flush`].
 //! - Committed records also go into a small in-memory cache of the newest
-//!   records, so live feeds read them without decoding anything.
+//!   records ([`recent`]), so live feeds read them without decoding.
 //!
 //! Readers learn about new records through a `watch` of the head sequence:
 //! the channel only wakes, the data is always read from the store.
+//!
+//! Modules, leaves first: [`error`] and [`command`] (the types everything
+//! shares) import no other store module but `error`; [`keys`] (every key
+//! layout) and [`codec`] (the stored record); [`meta`], [`space`],
+//! [`chain`], [`receipts`], [`outbox`]; the [`wal`]; the [`writer`] and
+//! the [`flusher`]; this handle.
 
-mod journal;
+mod chain;
+mod codec;
+mod command;
+mod error;
+mod feeds;
+mod flusher;
 mod keys;
+mod meta;
 mod outbox;
+mod receipts;
 mod recent;
+mod space;
 mod wal;
 mod writer;
 
@@ -26,72 +41,20 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
 
-use crate::alert::{Alert, AlertId, Record, Seq, from_micros};
-use crate::proto as pb;
-pub use outbox::{OutboxLimits, OutboxStats, Outcome};
+use crate::alert::{Alert, AlertId, Record, Seq};
+use crate::audit::{AuditEvent, AuditKind};
+use command::Command;
+pub use command::{AppendKind, Appended, Meta, OutboxLimits, Outcome, Pruned};
+pub use error::StoreError;
+use error::corrupt;
+pub use feeds::StoredFeed;
+pub use outbox::OutboxStats;
 use recent::Recent;
-pub use writer::{AppendKind, Appended, Meta, Pruned};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage failure: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("the disk is full: {0}")]
-    DiskFull(String),
-    #[error("stored data is corrupt at {what}: {detail}")]
-    Corrupt { what: String, detail: String },
-    #[error("the store is closed")]
-    Closed,
-    #[error("storage failure: {0}")]
-    Failed(String),
-    #[error("alert.id: already used by another node's alert")]
-    IdConflict,
-    #[error(
-        "the outbox is full ({alerts} alerts, {bytes} bytes waiting for the upstream link); nothing was stored"
-    )]
-    OutboxFull { alerts: u64, bytes: u64 },
-}
-
-impl StoreError {
-    /// Whether the store refused for lack of room (a full disk or outbox):
-    /// the caller may retry later; nothing was stored.
-    pub fn is_resource_exhausted(&self) -> bool {
-        matches!(
-            self,
-            StoreError::DiskFull(_) | StoreError::OutboxFull { .. }
-        )
-    }
-
-    fn from_sled(e: sled::Error) -> Self {
-        match &e {
-            sled::Error::Io(io) if io.raw_os_error() == Some(28) => {
-                StoreError::DiskFull(io.to_string())
-            }
-            _ => StoreError::Sled(e),
-        }
-    }
-}
-
-/// Persisted state of one durable feed.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StoredFeed {
-    #[prost(message, optional, tag = "1")]
-    pub filter: Option<pb::Filter>,
-    /// Every seq up to and including this one is acknowledged or unwanted.
-    #[prost(uint64, tag = "2")]
-    pub ack_floor: u64,
-    /// Seqs above the floor that are acknowledged already.
-    #[prost(uint64, repeated, tag = "3")]
-    pub acked: Vec<u64>,
-    #[prost(uint64, tag = "4")]
-    pub created_us: u64,
-    /// When the feed last received an acknowledgement (0: never).
-    #[prost(uint64, tag = "5")]
-    pub last_ack_us: u64,
-}
+pub use space::free_bytes;
+pub use wal::{Mode as WalRecovery, WalConfig};
 
 /// Tuning of the store.
 #[derive(Debug, Clone)]
@@ -102,6 +65,10 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Bytes of decoded records kept in memory for live feeds.
     pub recent_bytes: usize,
+    /// New alerts are refused while the disk has less free space than this
+    /// (0: never; then a full disk stops the store's writes until restart).
+    pub min_free_bytes: u64,
+    pub wal: WalConfig,
 }
 
 impl Default for StoreConfig {
@@ -110,8 +77,22 @@ impl Default for StoreConfig {
             cache_bytes: 256 * 1024 * 1024,
             max_batch: 4096,
             recent_bytes: 64 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
+            wal: WalConfig::default(),
         }
     }
+}
+
+/// Whether the store accepts new alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writes {
+    Accepting,
+    /// Refused for now (the disk is below its reserve); accepted again once
+    /// there is room, without a restart.
+    Refused(String),
+    /// Stopped by a failure the running store cannot repair; reads go on,
+    /// and a restart (which replays the write-ahead log) is needed.
+    Stopped(String),
 }
 
 /// A cheap-to-clone handle to the store.
@@ -125,13 +106,15 @@ struct Inner {
     feeds: sled::Tree,
     /// Requests to the writer thread, which holds the receiver. Bounded: when
     /// the disk cannot keep up, publishers wait here.
-    writer: mpsc::Sender<writer::Command>,
+    writer: mpsc::Sender<Command>,
     /// The newest committed seq; the writer holds the sender.
     head: watch::Receiver<Seq>,
     /// The counters as of the last commit; the writer holds the sender.
     meta: watch::Receiver<Meta>,
     /// Count of committed receipts; the writer holds the sender.
     receipts: watch::Receiver<u64>,
+    /// Whether alerts are accepted; the writer holds the sender.
+    writes: watch::Receiver<Writes>,
     /// Newest committed records. A std mutex: critical sections are a few
     /// pointer copies and never cross an `.await`.
     recent: Arc<Mutex<Recent>>,
@@ -139,53 +122,57 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    /// Opens (or creates) the store in `dir`, recovers what the write-ahead
+    /// log holds, and starts its writer thread.
     ///
     /// # Errors
-    /// When sled cannot open the directory or the stored meta data is corrupt.
+    /// When sled cannot open the directory or its files are damaged, when
+    /// the write-ahead log is damaged ([`StoreError::WalDamaged`], unless
+    /// `config.wal.recovery` accepts it), or stored data is corrupt.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_bytes)
-            // Durability comes from the write-ahead log; sled is flushed at
-            // its checkpoints, so sled's own background flusher only adds
-            // I/O.
-            .flush_every_ms(None)
-            .open()
-            .map_err(StoreError::from_sled)?;
-        let log = db.open_tree("log")?;
-        let feeds = db.open_tree("feeds")?;
-        // Replays what a crash left in the write-ahead log before anything
-        // reads the log.
+        let (db, log, feeds) = open_sled(dir, &config)?;
         let failed = Arc::new(Mutex::new(None));
-        let wal = wal::Wal::open(dir, &db, &log, failed.clone())?;
-        let state = writer::State::load(&log)?;
+        let (wal, recovered) = sled_guard(dir, || {
+            wal::Wal::open(dir, &db, &log, config.wal, failed.clone())
+        })?;
+        let mut state = sled_guard(dir, || {
+            meta::State::load(&log, recovered.maybe_acked_lost, recovered.max_next_seq)
+        })?;
+        let loaded = state;
+        reserve_sequences(&db, &log, &mut state, config.max_batch)?;
+        let chain = sled_guard(dir, || chain::Chain::load(&log))?;
         let (head_tx, head) = watch::channel(state.head());
-        let (meta_tx, meta) = watch::channel(state.meta());
+        let (meta_tx, meta) = watch::channel(state.meta);
         let (receipts_tx, receipts) = watch::channel(0);
-        let chain = journal::Chain::load(&log)?;
+        let (writes_tx, writes) = watch::channel(Writes::Accepting);
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
+        if let Some(event) = recovery_event(&recovered, &loaded) {
+            // The first record of this run's audit trail.
+            let _ = tx.try_send(Command::Audit { event });
+        }
         let w = writer::Writer {
             log: log.clone(),
             wal: Some(wal),
             rx,
-            outlet: Arc::new(writer::Outlet {
+            outlet: Arc::new(flusher::Outlet {
                 head: head_tx,
                 meta: meta_tx,
                 recent: recent.clone(),
                 receipts: receipts_tx,
+                writes: writes_tx,
             }),
             in_flusher: Arc::default(),
             state,
             max_batch: config.max_batch,
             failed,
             chain,
+            space: space::Space::new(dir, config.min_free_bytes),
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())
             .spawn(move || w.run())
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            .map_err(|e| StoreError::io("starting the store's writer thread", e))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 log,
@@ -194,6 +181,7 @@ impl Store {
                 head,
                 meta,
                 receipts,
+                writes,
                 recent,
                 writer_thread: Mutex::new(Some(thread)),
             }),
@@ -202,7 +190,7 @@ impl Store {
 
     async fn call<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Command,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -238,7 +226,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(writer::Command::Append { alert, kind, reply })
+            .send(Command::Append { alert, kind, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
@@ -258,7 +246,7 @@ impl Store {
         let mut total = Pruned::default();
         loop {
             let chunk = self
-                .call(|reply| writer::Command::Prune {
+                .call(|reply| Command::Prune {
                     cutoff,
                     max_bytes,
                     reply,
@@ -278,7 +266,7 @@ impl Store {
     /// # Errors
     /// On a storage failure.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.call(|reply| writer::Command::Flush { reply }).await
+        self.call(|reply| Command::Flush { reply }).await
     }
 
     /// The newest committed sequence (0 when empty).
@@ -289,6 +277,11 @@ impl Store {
     /// A receiver that changes whenever new records are committed.
     pub fn watch_head(&self) -> watch::Receiver<Seq> {
         self.inner.head.clone()
+    }
+
+    /// Whether the store accepts new alerts, and a receiver of changes.
+    pub fn watch_writes(&self) -> watch::Receiver<Writes> {
+        self.inner.writes.clone()
     }
 
     /// Reads the record with sequence `seq`.
@@ -307,7 +300,7 @@ impl Store {
         self.inner
             .log
             .get(keys::alert(seq))?
-            .map(|v| decode_record(seq, &v))
+            .map(|v| codec::decode_record(seq, &v))
             .transpose()
     }
 
@@ -326,6 +319,8 @@ impl Store {
     }
 
     /// Up to `limit` records with sequence `from` or later, in order.
+    /// Sequences may have gaps (retention, or a recovery that moved the
+    /// sequence on).
     ///
     /// # Errors
     /// On a storage failure or a corrupt record.
@@ -343,7 +338,7 @@ impl Store {
         {
             let (k, v) = kv?;
             let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-            out.push(decode_record(seq, &v)?);
+            out.push(codec::decode_record(seq, &v)?);
         }
         Ok(out)
     }
@@ -353,10 +348,15 @@ impl Store {
     /// # Errors
     /// On a storage failure.
     pub fn first_seq(&self) -> Result<Option<Seq>, StoreError> {
+        self.first_at_or_after(Seq(0))
+    }
+
+    /// The first stored sequence at or after `seq`.
+    fn first_at_or_after(&self, seq: Seq) -> Result<Option<Seq>, StoreError> {
         let first = self
             .inner
             .log
-            .range(keys::alert(Seq(0))..keys::alert(Seq(u64::MAX)))
+            .range(keys::alert(seq)..keys::alert(Seq(u64::MAX)))
             .next()
             .transpose()?;
         Ok(first.and_then(|(k, _)| keys::alert_seq(&k)))
@@ -368,83 +368,37 @@ impl Store {
     /// # Errors
     /// On a storage failure.
     pub fn seq_at_time(&self, t: SystemTime) -> Result<Seq, StoreError> {
-        // Receive times never decrease with the sequence and retention only
-        // removes from the oldest end, so the retained records are a sorted,
-        // gap-free run: a binary search needs no time index (one insert per
-        // alert fewer on the hot path).
-        let head = self.head();
+        // Receive times never decrease with the sequence, so a binary search
+        // over the stored records needs no time index (one insert per alert
+        // fewer on the hot path). The search is over sequence numbers;
+        // absent ones (gaps) stand for the next record that is there.
+        let after_head = self.head().next();
         let Some(first) = self.first_seq()? else {
-            return Ok(head.next());
+            return Ok(after_head);
         };
-        let (mut lo, mut hi) = (first.0, head.0 + 1);
+        let (mut lo, mut hi) = (first.0, after_head.0);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let at = self
-                .get(Seq(mid))?
-                .ok_or_else(|| {
-                    corrupt(
-                        "alert",
-                        format!("seq {mid} missing inside the retained run"),
-                    )
-                })?
-                .received_at;
-            if at < t {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            let received = match self.first_at_or_after(Seq(mid))? {
+                Some(seq) if seq < after_head => self.get(seq)?.map(|r| (seq, r.received_at)),
+                _ => None,
+            };
+            match received {
+                Some((_, at)) if at >= t => hi = mid,
+                Some((seq, _)) => lo = seq.0 + 1,
+                None => hi = mid,
             }
         }
-        Ok(Seq(lo))
-    }
-
-    /// Loads the state of a durable feed.
-    ///
-    /// # Errors
-    /// On a storage failure or corrupt state.
-    pub fn load_feed(&self, owner: &str, name: &str) -> Result<Option<StoredFeed>, StoreError> {
-        let key = keys::feed(owner, name);
-        self.inner
-            .feeds
-            .get(&key)?
-            .map(|v| StoredFeed::decode(v.as_ref()).map_err(|e| corrupt("feed", e)))
-            .transpose()
-    }
-
-    /// Saves the state of a durable feed (durable with the next checkpoint).
-    ///
-    /// # Errors
-    /// On a storage failure.
-    pub fn save_feed(&self, owner: &str, name: &str, feed: &StoredFeed) -> Result<(), StoreError> {
-        self.inner
-            .feeds
-            .insert(keys::feed(owner, name), feed.encode_to_vec())?;
-        Ok(())
-    }
-
-    /// Every durable feed as (owner, name, state).
-    ///
-    /// # Errors
-    /// On a storage failure or corrupt state.
-    pub fn list_feeds(&self) -> Result<Vec<(String, String, StoredFeed)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.inner.feeds.iter() {
-            let (k, v) = kv?;
-            let split = k
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| corrupt("feed key", format!("{k:?}")))?;
-            let owner = String::from_utf8_lossy(&k[..split]).into_owned();
-            let name = String::from_utf8_lossy(&k[split + 1..]).into_owned();
-            out.push((
-                owner,
-                name,
-                StoredFeed::decode(v.as_ref()).map_err(|e| corrupt("feed", e))?,
-            ));
-        }
-        Ok(out)
+        Ok(self
+            .first_at_or_after(Seq(lo))?
+            .filter(|s| *s < after_head)
+            .unwrap_or(after_head))
     }
 
     /// Total encoded size of the retained alerts, in bytes.
+    ///
+    /// # Errors
+    /// Never as of now; kept for stores that count on disk.
     pub fn log_bytes(&self) -> Result<u64, StoreError> {
         Ok(self.meta().bytes)
     }
@@ -460,11 +414,14 @@ impl Store {
         *self.inner.meta.borrow()
     }
 
-    /// Stops the writer after it has committed everything queued, and flushes.
-    /// Idempotent; later calls that need the writer fail with `Closed`.
+    /// Stops the writer after it has committed everything queued, and
+    /// flushes. Idempotent; later calls that need the writer fail with
+    /// `Closed`. A final flush that fails is logged, not returned: every
+    /// acknowledged alert is in the write-ahead log, which the next open
+    /// replays.
     ///
     /// # Errors
-    /// When the final flush fails.
+    /// None as of now (see above).
     pub async fn close(&self) -> Result<(), StoreError> {
         let flushed = self.flush().await;
         let handle = self
@@ -477,18 +434,19 @@ impl Store {
             // Closing is rare; a blocking join in spawn_blocking keeps the
             // runtime free.
             let (stop, done) = oneshot::channel();
-            let _ = self
-                .inner
-                .writer
-                .send(writer::Command::Stop { done: stop })
-                .await;
+            let _ = self.inner.writer.send(Command::Stop { done: stop }).await;
             let _ = done.await;
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         match flushed {
-            Err(StoreError::Closed) => Ok(()),
-            other => other,
+            Ok(()) | Err(StoreError::Closed) => {}
+            Err(e) => warn!(
+                error = %e,
+                "the store could not be flushed as it closed; every acknowledged alert is in the \
+                 write-ahead log, which the next start replays"
+            ),
         }
+        Ok(())
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -505,27 +463,137 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        what: what.to_owned(),
-        detail: detail.to_string(),
+/// Opens the sled database and its trees, refusing damaged files with a
+/// message that names them.
+fn open_sled(
+    dir: &Path,
+    config: &StoreConfig,
+) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
+    check_sled_conf(dir)?;
+    sled_guard(dir, || {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            // Durability comes from the write-ahead log; sled is flushed at
+            // its checkpoints, so sled's own background flusher only adds
+            // I/O.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked {
+                        dir: dir.to_owned(),
+                    }
+                }
+                other => damaged(dir, &other.to_string()),
+            })?;
+        let log = db.open_tree("log")?;
+        let feeds = db.open_tree("feeds")?;
+        Ok((db, log, feeds))
+    })
+}
+
+/// sled keeps its settings in `conf`, ending with a CRC32 of the rest; a
+/// damaged one would otherwise be reported as "created by a sled version
+/// earlier than 0.29".
+fn check_sled_conf(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join("conf");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    if bytes.len() <= 8 {
+        return Ok(());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(damaged(
+            dir,
+            &format!("{} (sled's settings) fails its checksum", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn damaged(dir: &Path, detail: &str) -> StoreError {
+    StoreError::Damaged {
+        dir: dir.to_owned(),
+        detail: detail.to_owned(),
     }
 }
 
-fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Arc<Record>, StoreError> {
-    let rec = pb::AlertRecord::decode(bytes).map_err(|e| corrupt(&format!("alert {seq}"), e))?;
-    let body = rec
-        .alert
-        .ok_or_else(|| corrupt(&format!("alert {seq}"), "no alert"))?;
-    let alert = Alert::from_stored(body).map_err(|e| corrupt(&format!("alert {seq}"), e))?;
-    let received_at = rec
-        .received_at
-        .as_ref()
-        .and_then(crate::alert::system_time)
-        .unwrap_or_else(|| from_micros(0));
-    Ok(Arc::new(Record {
-        seq,
-        received_at,
-        alert,
-    }))
+thread_local! {
+    /// Set while sled reads files that may be damaged: a panic there is an
+    /// expected answer, reported as an error, not printed as a crash.
+    static EXPECTING_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is inside [`sled_guard`] (for a panic hook
+/// that keeps quiet about panics that become errors).
+pub fn panic_expected() -> bool {
+    EXPECTING_PANICS.with(std::cell::Cell::get)
+}
+
+/// Runs `f`, turning a panic inside sled (which it does on some damaged
+/// files) into [`StoreError::Corrupt`] naming the directory.
+fn sled_guard<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    EXPECTING_PANICS.with(|e| e.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    EXPECTING_PANICS.with(|e| e.set(false));
+    result.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        Err(damaged(dir, &format!("sled could not read it ({what})")))
+    })
+}
+
+/// Writes a fresh sequence reservation before the first commit, and makes
+/// it durable, so that every group's sequences are covered by a reservation
+/// on disk before the group is acknowledged.
+fn reserve_sequences(
+    db: &sled::Db,
+    log: &sled::Tree,
+    state: &mut meta::State,
+    max_batch: usize,
+) -> Result<(), StoreError> {
+    let before = state.meta.reserved_seq;
+    state.reserve(max_batch as u64);
+    if state.meta.reserved_seq != before {
+        log.insert(
+            keys::META_SEQ_RESERVED,
+            &state.meta.reserved_seq.0.to_be_bytes(),
+        )?;
+        db.flush()?;
+    }
+    Ok(())
+}
+
+/// The audit record of a recovery that lost something or moved the
+/// sequence numbers on.
+fn recovery_event(recovered: &wal::Recovered, state: &meta::State) -> Option<AuditEvent> {
+    if recovered.damage.is_empty() && !recovered.maybe_acked_lost {
+        return None;
+    }
+    let mut detail = recovered.damage.join("; ");
+    if recovered.maybe_acked_lost {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!(
+            "sequence numbers continue at {} (past any that may have been handed out)",
+            state.meta.next_seq
+        ));
+        warn!(
+            next_seq = state.meta.next_seq.0,
+            "the write-ahead log lost its newest records; sequence numbers continue past any that may have been handed out"
+        );
+    }
+    Some(AuditEvent::new(
+        AuditKind::Recovery,
+        format!("broker (--wal-recovery {})", recovered.mode.name()),
+        None,
+        detail,
+    ))
 }

@@ -12,41 +12,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::writer::{Command, Meta, Staged};
-use super::{Store, StoreError, corrupt, keys};
+use super::codec::decode_record;
+use super::command::{Command, Group, Meta, OutboxLimits, Outcome};
+use super::error::{StoreError, corrupt};
+use super::{Store, keys};
 use crate::alert::{AlertId, Record, Seq};
 
 pub const PRIORITY: u8 = 0;
 pub const ROUTINE: u8 = 1;
 const CLASSES: [u8; 2] = [PRIORITY, ROUTINE];
-
-/// Bounds of the outbox. The oldest alerts are never dropped to make room:
-/// when full, new local publishes are refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxLimits {
-    pub max_alerts: u64,
-    pub max_bytes: u64,
-}
-
-impl Default for OutboxLimits {
-    fn default() -> Self {
-        Self {
-            max_alerts: 1_000_000,
-            max_bytes: 1024 * 1024 * 1024,
-        }
-    }
-}
-
-/// How an outbox entry left the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Acknowledged by the upstream broker.
-    Forwarded,
-    /// Its `expires` passed before it could be sent.
-    Expired,
-    /// Refused for good by the upstream broker.
-    Rejected,
-}
 
 /// Outbox depth and the lifetime counters of an agent's store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,7 +42,7 @@ fn range() -> std::ops::Range<[u8; 10]> {
 /// Queues a record being appended (writer thread).
 pub(super) fn enqueue(
     log: &sled::Tree,
-    staged: &mut Staged,
+    group: &mut Group,
     meta: &mut Meta,
     record: &Record,
     size: u64,
@@ -86,12 +60,12 @@ pub(super) fn enqueue(
         ROUTINE
     };
     if class == PRIORITY {
-        promote_references(log, staged, &record.alert.body.references)?;
+        promote_references(log, group, &record.alert.body.references)?;
     }
-    staged
+    group
         .batch
         .insert(keys::outbox(class, record.seq), size.to_be_bytes());
-    staged.outbox.insert(record.seq, (class, size));
+    group.outbox.insert(record.seq, (class, size));
     meta.outbox_count += 1;
     meta.outbox_bytes += size;
     Ok(())
@@ -101,7 +75,7 @@ pub(super) fn enqueue(
 /// priority class (keeping its sequence, so its order is kept).
 fn promote_references(
     log: &sled::Tree,
-    staged: &mut Staged,
+    group: &mut Group,
     references: &[String],
 ) -> Result<(), StoreError> {
     let mut pending: Vec<AlertId> = references.iter().filter_map(|r| r.parse().ok()).collect();
@@ -110,16 +84,12 @@ fn promote_references(
         if seen.len() >= 1024 || !seen.insert(id) {
             continue;
         }
-        if let Some(seq) = promote(log, staged, &id)? {
+        if let Some(seq) = promote(log, group, &id)? {
             // Follow the chain through the promoted alert's own references.
-            let refs = match staged.record_refs(seq) {
+            let refs = match group.record_refs(seq) {
                 Some(refs) => refs,
                 None => match log.get(keys::alert(seq))? {
-                    Some(bytes) => super::decode_record(seq, &bytes)?
-                        .alert
-                        .body
-                        .references
-                        .clone(),
+                    Some(bytes) => decode_record(seq, &bytes)?.alert.body.references.clone(),
                     None => Vec::new(),
                 },
             };
@@ -132,8 +102,8 @@ fn promote_references(
 /// Moves the routine entry of alert `id`, if it is still queued, to the
 /// priority class (keeping its sequence, so its order is kept). Returns its
 /// sequence when it was moved.
-fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<Option<Seq>, StoreError> {
-    let seq = match staged.seq_of(id) {
+fn promote(log: &sled::Tree, group: &mut Group, id: &AlertId) -> Result<Option<Seq>, StoreError> {
+    let seq = match group.seq_of(id) {
         Some(seq) => seq,
         None => match log.get(keys::id(id))? {
             Some(v) => {
@@ -144,22 +114,22 @@ fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<Option
             None => return Ok(None),
         },
     };
-    let size = match staged.outbox.get(&seq) {
+    let size = match group.outbox.get(&seq) {
         Some((ROUTINE, size)) => Some(*size),
         Some(_) => None,
         None => log
             .get(keys::outbox(ROUTINE, seq))?
             .and_then(|v| keys::u64_value(&v))
-            .filter(|_| !staged.removed.contains(&seq)),
+            .filter(|_| !group.removed.contains(&seq)),
     };
     let Some(size) = size else {
         return Ok(None);
     };
-    staged.batch.remove(keys::outbox(ROUTINE, seq));
-    staged
+    group.batch.remove(keys::outbox(ROUTINE, seq));
+    group
         .batch
         .insert(keys::outbox(PRIORITY, seq), size.to_be_bytes());
-    staged.outbox.insert(seq, (PRIORITY, size));
+    group.outbox.insert(seq, (PRIORITY, size));
     Ok(Some(seq))
 }
 
@@ -167,16 +137,16 @@ fn promote(log: &sled::Tree, staged: &mut Staged, id: &AlertId) -> Result<Option
 /// Unknown or already removed sequences are ignored.
 pub(super) fn finish(
     log: &sled::Tree,
-    staged: &mut Staged,
+    group: &mut Group,
     meta: &mut Meta,
     seqs: &[Seq],
     outcome: Outcome,
 ) -> Result<(), StoreError> {
     for seq in seqs {
-        if staged.removed.contains(seq) {
+        if group.removed.contains(seq) {
             continue;
         }
-        let mut entry = staged.outbox.get(seq).copied();
+        let mut entry = group.outbox.get(seq).copied();
         for class in CLASSES {
             if entry.is_none() {
                 entry = log
@@ -188,9 +158,9 @@ pub(super) fn finish(
         let Some((class, size)) = entry else {
             continue;
         };
-        staged.batch.remove(keys::outbox(class, *seq));
-        staged.outbox.remove(seq);
-        staged.removed.insert(*seq);
+        group.batch.remove(keys::outbox(class, *seq));
+        group.outbox.remove(seq);
+        group.removed.insert(*seq);
         meta.outbox_count = meta.outbox_count.saturating_sub(1);
         meta.outbox_bytes = meta.outbox_bytes.saturating_sub(size);
         match outcome {

@@ -1,219 +1,64 @@
 //! The single writer of the log: group commit, pipelined.
 //!
 //! The writer thread blocks for one command, then takes every other command
-//! already queued (up to `max_batch`), turns them into one atomic sled batch
-//! and applies it (in memory). A flusher thread then flushes it to disk and
-//! only then makes it visible (head, counters, cache) and answers every
-//! caller. While one group is being flushed, the writer applies the next, and
-//! the flusher covers every group waiting with one flush: the number of
-//! fsyncs adapts to the load, never one per alert, and the disk's latency
-//! overlaps with the CPU work of the next group. Readers never see past the
-//! published head, so an applied group is invisible until it is durable.
-//! Dedicated threads (not `flush_async` from many tasks, which deadlocks in
-//! sled 0.34) keep sled's blocking calls off the async runtime.
+//! already queued (up to `max_batch`, or 32 MiB of alerts), and commits the
+//! group in four steps:
+//!
+//! 1. **collect** the commands;
+//! 2. **stage** them: sequence numbers, receive times, dedupe, outbox and
+//!    receipt changes, audit records and counters, all into one batch;
+//! 3. **write ahead**: the batch becomes one record of the write-ahead log
+//!    ([`super::wal`]), and only then is applied to sled (in memory);
+//! 4. **hand off** the group to the flusher thread ([`super::flusher`]),
+//!    which syncs the log once for every group waiting and only then makes
+//!    them visible and answers their callers.
+//!
+//! While one group is being synced, the writer stages the next: the number
+//! of fsyncs adapts to the load, never one per alert. Readers never see
+//! past the published head, so an applied group is invisible until it is
+//! durable. Dedicated threads (not `flush_async` from many tasks, which
+//! deadlocks in sled 0.34) keep the blocking calls off the async runtime.
+//!
+//! A failed step never leaves half a group: a write-ahead that fails
+//! (the disk is full) rolls the staged counters back and answers the group
+//! with the error; the store goes on, and a retry may succeed once there is
+//! room. A failure after which sled may hold part of a group that its
+//! record cannot complete (an apply or a sync that fails) stops all writes
+//! until the store is opened again, which replays the log.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use super::journal::{self, Chain};
-use super::outbox::{self, OutboxLimits, Outcome};
-use super::recent::Recent;
+use super::chain::Chain;
+use super::codec::{decode_record, encode_record};
+use super::command::{AppendKind, Appended, Batch, Command, Group, Pruned};
+use super::error::{StoreError, corrupt};
+use super::flusher::{self, Outlet};
+use super::meta::{self, State};
+use super::space::Space;
 use super::wal::{self, Wal};
-use super::{StoreError, corrupt, decode_record, keys, lock};
+use super::{keys, lock, outbox, receipts};
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
-use crate::audit::{AuditEvent, AuditKind};
-use crate::receipt::Receipt;
-
-/// The answer to an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub seq: Seq,
-    pub received_at: SystemTime,
-    /// The id was already stored; nothing was written.
-    pub duplicate: bool,
-}
-
-/// What a prune removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub alerts: u64,
-    pub bytes: u64,
-    /// Newest removed sequence.
-    pub through: Option<Seq>,
-}
-
-/// Where an appended alert goes besides the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendKind {
-    /// Only the log (a broker's publish).
-    Log,
-    /// The log and the outbox, within these limits (an agent's local publish).
-    Outbox(OutboxLimits),
-    /// The log, counted as received from upstream (an agent's inbox).
-    Inbox,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-// Appends dominate the traffic; boxing them would add an allocation per alert.
-#[allow(clippy::large_enum_variant)]
-pub enum Command {
-    Append {
-        alert: Alert,
-        kind: AppendKind,
-        reply: Reply<Appended>,
-    },
-    OutboxDone {
-        seqs: Vec<Seq>,
-        outcome: Outcome,
-        reply: Reply<()>,
-    },
-    /// Append an audit record; nobody waits for it.
-    Audit {
-        event: AuditEvent,
-    },
-    Receipt {
-        receipts: Vec<Receipt>,
-        reply: Reply<()>,
-    },
-    Prune {
-        cutoff: Option<SystemTime>,
-        max_bytes: Option<u64>,
-        reply: Reply<Pruned>,
-    },
-    Flush {
-        reply: Reply<()>,
-    },
-    Stop {
-        done: oneshot::Sender<()>,
-    },
-}
-
-impl Command {
-    /// Roughly the bytes this command adds to a group's write-ahead record.
-    fn weight(&self) -> usize {
-        match self {
-            Command::Append { alert, .. } => prost::Message::encoded_len(&alert.body),
-            _ => 0,
-        }
-    }
-}
+use crate::audit::AuditEvent;
 
 /// A group stops growing at this many bytes of alerts (besides
 /// `max_batch` commands): it bounds the write-ahead record, the memory of a
 /// group and the latency of its callers when alerts are large.
 const GROUP_BYTES: usize = 32 * 1024 * 1024;
 
-/// Counters kept in `m…` keys of the log, written with every commit that
-/// changes them (so they are exactly as durable as the alerts they count).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Meta {
-    pub next_seq: Seq,
-    pub bytes: u64,
-    pub outbox_count: u64,
-    pub outbox_bytes: u64,
-    pub forwarded: u64,
-    pub expired: u64,
-    pub rejected: u64,
-    pub inbox: u64,
-}
-
-const META_KEYS: [&[u8]; 8] = [
-    keys::META_NEXT_SEQ,
-    keys::META_BYTES,
-    keys::META_OUTBOX_COUNT,
-    keys::META_OUTBOX_BYTES,
-    keys::META_FORWARDED,
-    keys::META_EXPIRED,
-    keys::META_REJECTED,
-    keys::META_INBOX,
-];
-
-impl Meta {
-    fn values(&self) -> [u64; 8] {
-        [
-            self.next_seq.0,
-            self.bytes,
-            self.outbox_count,
-            self.outbox_bytes,
-            self.forwarded,
-            self.expired,
-            self.rejected,
-            self.inbox,
-        ]
-    }
-
-    pub fn load(log: &sled::Tree) -> Result<Meta, StoreError> {
-        let mut v = [0u64; 8];
-        for (slot, key) in v.iter_mut().zip(META_KEYS) {
-            *slot = log.get(key)?.and_then(|b| keys::u64_value(&b)).unwrap_or(0);
-        }
-        Ok(Meta {
-            next_seq: Seq(v[0].max(1)),
-            bytes: v[1],
-            outbox_count: v[2],
-            outbox_bytes: v[3],
-            forwarded: v[4],
-            expired: v[5],
-            rejected: v[6],
-            inbox: v[7],
-        })
-    }
-
-    /// Adds to `batch` the keys whose value differs from `before`.
-    fn save(&self, before: &Meta, batch: &mut wal::Batch) {
-        for ((key, new), old) in META_KEYS.iter().zip(self.values()).zip(before.values()) {
-            if new != old {
-                batch.insert(*key, new.to_be_bytes());
-            }
-        }
-    }
-}
-
-/// The writer's view of the log, loaded at open.
-pub struct State {
-    meta: Meta,
-    last_received_us: u64,
-}
-
-impl State {
-    pub fn load(log: &sled::Tree) -> Result<State, StoreError> {
-        let mut meta = Meta::load(log)?;
-        let mut last_received_us = 0;
-        if let Some((k, v)) = log
-            .range(keys::alert(Seq(0))..keys::alert(Seq(u64::MAX)))
-            .next_back()
-            .transpose()?
-        {
-            let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-            meta.next_seq = meta.next_seq.max(seq.next());
-            last_received_us = micros(decode_record(seq, &v)?.received_at);
-        }
-        Ok(State {
-            meta,
-            last_received_us,
-        })
-    }
-
-    pub fn head(&self) -> Seq {
-        Seq(self.meta.next_seq.0 - 1)
-    }
-
-    pub fn meta(&self) -> Meta {
-        self.meta
-    }
-}
+/// How many groups may wait for their sync: the writer stages the next
+/// group while the flusher writes the previous one to disk.
+const PIPELINE: usize = 2;
 
 pub struct Writer {
     pub log: sled::Tree,
     /// Each group is written here before it is applied.
     pub wal: Option<Wal>,
+    /// Commands; every `Store` handle holds a sender.
     pub rx: mpsc::Receiver<Command>,
     /// What readers see; handed to the flusher thread when the writer runs.
     pub outlet: Arc<Outlet>,
@@ -221,122 +66,47 @@ pub struct Writer {
     pub in_flusher: Arc<AtomicUsize>,
     pub state: State,
     pub max_batch: usize,
-    /// Set when a commit failed (by the writer or the flusher): every later
-    /// command is refused.
-    pub failed: Arc<Mutex<Option<String>>>,
+    /// Set when a failure stopped the store's writes (by the writer, the
+    /// flusher or the checkpointer): every later command is refused.
+    pub failed: Arc<Mutex<Option<StoreError>>>,
     /// The head of the audit chain.
     pub chain: Chain,
-}
-
-/// The watch senders and the cache through which committed groups become
-/// visible to readers. Only the flusher thread uses them, in commit order.
-pub struct Outlet {
-    pub head: watch::Sender<Seq>,
-    /// The counters, for readers (`Store::meta`).
-    pub meta: watch::Sender<Meta>,
-    pub recent: Arc<Mutex<Recent>>,
-    /// Bumped when receipts are committed; readers hold receivers.
-    pub receipts: watch::Sender<u64>,
-}
-
-/// A group applied to sled (in memory), waiting for the flush that makes it
-/// durable; nobody is answered before that.
-struct Applied {
-    /// The counters after this group (and the prunes that followed it).
-    meta: Meta,
-    receipts: u64,
-    records: Vec<(Arc<Record>, usize)>,
-    replies: Vec<(Reply<Appended>, Appended)>,
-    done: Vec<(Reply<()>, Result<(), StoreError>)>,
-    flush_waiters: Vec<Reply<()>>,
-    pruned: Vec<(Reply<Pruned>, Result<Pruned, StoreError>)>,
-    commands: usize,
-    /// The write-ahead log files this group's records went to.
-    files: Vec<Arc<File>>,
-    /// Whether somebody waits for the group to be durable.
-    sync: bool,
-}
-
-/// How many applied groups may wait for their flush: the writer applies the
-/// next group while the flusher writes the previous one to disk.
-const PIPELINE: usize = 2;
-
-/// Appends of one group, staged before the batch is applied.
-pub(super) struct Staged {
-    pub batch: wal::Batch,
-    records: Vec<(Arc<Record>, usize)>,
-    replies: Vec<(Reply<Appended>, Appended)>,
-    /// Ids staged in this group (with their index in `records`), for
-    /// duplicates within the group.
-    ids: HashMap<AlertId, (Appended, usize)>,
-    /// Outbox entries staged in this group: seq → (class, size).
-    pub outbox: HashMap<Seq, (u8, u64)>,
-    /// Outbox entries removed in this group.
-    pub removed: HashSet<Seq>,
-    /// Receipt keys staged in this group.
-    pub receipts: HashSet<Vec<u8>>,
-}
-
-impl Staged {
-    /// The sequence of an alert staged in this group.
-    pub fn seq_of(&self, id: &AlertId) -> Option<Seq> {
-        self.ids.get(id).map(|(a, _)| a.seq)
-    }
-
-    /// The references of an alert staged in this group.
-    pub fn record_refs(&self, seq: Seq) -> Option<Vec<String>> {
-        self.records
-            .iter()
-            .find(|(r, _)| r.seq == seq)
-            .map(|(r, _)| r.alert.body.references.clone())
-    }
+    pub space: Space,
 }
 
 impl Writer {
     pub fn run(mut self) {
         let (to_flusher, jobs) = std::sync::mpsc::sync_channel(PIPELINE);
         let flusher = {
-            let failed = self.failed.clone();
-            let outlet = self.outlet.clone();
-            let in_flusher = self.in_flusher.clone();
+            let (outlet, failed, in_flusher) = (
+                self.outlet.clone(),
+                self.failed.clone(),
+                self.in_flusher.clone(),
+            );
+            let synced = self.wal.as_ref().map(Wal::shared);
             std::thread::Builder::new()
                 .name("liaison-store-flush".into())
-                .spawn(move || flush_loop(&jobs, &outlet, &failed, &in_flusher))
+                .spawn(move || flusher::run(&jobs, &outlet, &failed, &in_flusher, synced))
         };
         let flusher = match flusher {
             Ok(handle) => handle,
             Err(e) => {
-                error!(error = %e, "cannot start the store's flusher thread");
-                *lock(&self.failed) = Some(format!("no flusher thread: {e}"));
-                // Refuse everything, answering each caller.
-                while let Some(first) = self.rx.blocking_recv() {
-                    if let Some(done) = refuse(vec![first], "no flusher thread") {
-                        let _ = done.send(());
-                        break;
-                    }
-                }
+                let e = StoreError::io("starting the store's flusher thread", e);
+                error!(error = %e, "the store cannot write");
+                *lock(&self.failed) = Some(e);
+                self.refuse_until_stopped();
                 return;
             }
         };
         let mut stop = None;
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut bytes = first.weight();
-            let mut group = vec![first];
-            while group.len() < self.max_batch && bytes < GROUP_BYTES {
-                match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        bytes += cmd.weight();
-                        group.push(cmd);
-                    }
-                    Err(_) => break,
-                }
-            }
-            stop = self.commit(group, &to_flusher);
+        while let Some(commands) = self.collect() {
+            stop = self.commit(commands, &to_flusher);
+            self.report_writes();
             if stop.is_some() {
                 break;
             }
         }
-        // Every applied group is flushed and answered before the writer
+        // Every applied group is synced and answered before the writer
         // reports that it stopped (the caller may reopen the directory).
         drop(to_flusher);
         let _ = flusher.join();
@@ -348,49 +118,74 @@ impl Writer {
         debug!("store writer stopped");
     }
 
-    /// Stages and applies one group and hands it to the flusher; returns the
-    /// stop request when the group held one.
+    /// Step 1: blocks for a command, then takes what else is queued.
+    fn collect(&mut self) -> Option<Vec<Command>> {
+        let first = self.rx.blocking_recv()?;
+        let mut bytes = first.weight();
+        let mut commands = vec![first];
+        while commands.len() < self.max_batch && bytes < GROUP_BYTES {
+            match self.rx.try_recv() {
+                Ok(cmd) => {
+                    bytes += cmd.weight();
+                    commands.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        Some(commands)
+    }
+
+    /// Commits one group (steps 2 to 4); returns the stop request when the
+    /// group held one.
     fn commit(
         &mut self,
-        group: Vec<Command>,
-        to_flusher: &std::sync::mpsc::SyncSender<Applied>,
+        commands: Vec<Command>,
+        to_flusher: &std::sync::mpsc::SyncSender<Group>,
     ) -> Option<oneshot::Sender<()>> {
-        if let Some(reason) = lock(&self.failed).clone() {
-            return refuse(group, &reason);
+        if let Some(cause) = lock(&self.failed).clone() {
+            let refused = StoreError::Failed(Arc::new(cause));
+            return refuse(commands, &refused);
         }
-        let mut staged = Staged {
-            batch: wal::Batch::default(),
-            records: Vec::new(),
-            replies: Vec::new(),
-            ids: HashMap::new(),
-            outbox: HashMap::new(),
-            removed: HashSet::new(),
-            receipts: HashSet::new(),
+        let saved = self.state;
+        let (mut group, stop) = self.stage(commands, &saved);
+        if let Err(e) = self.write_ahead(&mut group) {
+            error!(error = %e, alerts = group.replies.len(), "commit failed; nothing of the group was acknowledged");
+            self.state = saved;
+            group.fail(&e);
+            return stop;
+        }
+        self.run_prunes(&mut group);
+        if !group.flushes.is_empty()
+            && let Some(wal) = &self.wal
+        {
+            // `Store::flush` promises everything on disk in sled, feed
+            // state included: a checkpoint answers it.
+            wal.checkpoint(std::mem::take(&mut group.flushes));
+        }
+        group.meta = self.state.meta;
+        self.hand_off(group, to_flusher);
+        stop
+    }
+
+    /// Step 2: turns the commands into one group.
+    fn stage(
+        &mut self,
+        commands: Vec<Command>,
+        before: &State,
+    ) -> (Group, Option<oneshot::Sender<()>>) {
+        let mut group = Group {
+            commands: commands.len(),
+            ..Group::default()
         };
-        let mut done = Vec::new();
-        let mut flush_waiters = Vec::new();
-        let mut prunes = Vec::new();
+        self.state.reserve(self.max_batch as u64);
         let mut stop = None;
-        let saved = (self.state.meta, self.state.last_received_us);
-        let commands = group.len();
-        // Whether anybody waits for this group to be on disk. A group of
-        // audit records and of receipts nobody waits for (a feed's acks)
-        // is published without a sync of its own: the next sync of the
-        // same file, or the next checkpoint (at most a second), covers it.
-        let mut sync = false;
-        for cmd in group {
-            sync |= match &cmd {
-                Command::Audit { .. } | Command::Stop { .. } => false,
-                Command::Receipt { reply, .. } => !reply.is_closed(),
-                _ => true,
-            };
+        for cmd in commands {
+            group.sync |= cmd.needs_sync();
             match cmd {
                 Command::Append { alert, kind, reply } => {
-                    match self.stage(&mut staged, alert, kind) {
-                        Ok(appended) => staged.replies.push((reply, appended)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
+                    match self.stage_append(&mut group, alert, kind) {
+                        Ok(appended) => group.replies.push((reply, appended)),
+                        Err(e) => drop(reply.send(Err(e))),
                     }
                 }
                 Command::OutboxDone {
@@ -398,160 +193,142 @@ impl Writer {
                     outcome,
                     reply,
                 } => {
-                    let result = outbox::finish(
-                        &self.log,
-                        &mut staged,
-                        &mut self.state.meta,
-                        &seqs,
-                        outcome,
-                    );
-                    done.push((reply, result));
-                }
-                Command::Audit { event } => self.chain.stage(&mut staged, &event),
-                Command::Receipt { receipts, reply } => {
                     let result =
-                        journal::stage_receipts(&self.log, &mut staged, &mut self.chain, &receipts);
-                    done.push((reply, result));
+                        outbox::finish(&self.log, &mut group, &mut self.state.meta, &seqs, outcome);
+                    group.done.push((reply, result));
+                }
+                Command::Audit { event } => self.chain.stage(&mut group.batch, &event),
+                Command::Receipt { receipts, reply } => {
+                    let result = receipts::stage(&self.log, &mut group, &mut self.chain, &receipts);
+                    group.done.push((reply, result));
                 }
                 Command::Prune {
                     cutoff,
                     max_bytes,
                     reply,
-                } => prunes.push((cutoff, max_bytes, reply)),
-                Command::Flush { reply } => flush_waiters.push(reply),
+                } => group.prunes.push((cutoff, max_bytes, reply)),
+                Command::Flush { reply } => group.flushes.push(reply),
                 Command::Stop { done } => stop = Some(done),
             }
         }
-        self.audit_published(&mut staged);
-        self.state.meta.save(&saved.0, &mut staged.batch);
-        let mut files = Vec::new();
-        if let Err(e) = self.write_ahead(staged.batch, &mut files) {
-            // Perhaps written ahead, perhaps applied in part: the log can no
-            // longer be trusted to match what was promised, so the store
-            // refuses everything from now on. A restart replays whatever
-            // reached the write-ahead log, so the group may turn out stored
-            // although its callers were told it failed; their retries are
-            // recognised as duplicates.
-            error!(error = %e, alerts = staged.replies.len(), "commit failed; nothing acknowledged; the store refuses further writes until restarted");
-            *lock(&self.failed) = Some(e.to_string());
-            (self.state.meta, self.state.last_received_us) = saved;
-            for (reply, _) in staged.replies {
-                let _ = reply.send(Err(clone_err(&e)));
-            }
-            for (reply, _) in done {
-                let _ = reply.send(Err(clone_err(&e)));
-            }
-            for (_, _, reply) in prunes {
-                let _ = reply.send(Err(clone_err(&e)));
-            }
-            for reply in flush_waiters {
-                let _ = reply.send(Err(clone_err(&e)));
-            }
-            return stop;
-        }
-        // Prunes follow the group; they are answered with it, once durable
-        // and counted.
-        let pruned = prunes
-            .into_iter()
-            .map(|(cutoff, max_bytes, reply)| (reply, self.prune(cutoff, max_bytes, &mut files)))
-            .collect();
-        if !flush_waiters.is_empty()
-            && let Some(wal) = &self.wal
-        {
-            // `Store::flush` promises everything on disk in sled, feed
-            // state included: a checkpoint answers it.
-            wal.checkpoint(std::mem::take(&mut flush_waiters));
-        }
-        let applied = Applied {
-            meta: self.state.meta,
-            receipts: staged.receipts.len() as u64,
-            records: staged.records,
-            replies: staged.replies,
-            done,
-            flush_waiters,
-            pruned,
-            commands,
-            files,
-            sync,
-        };
-        if self.in_flusher.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
-            // Nothing to overlap with: nothing waits to be staged, and every
-            // earlier group is answered (the flusher has none in hand, so
-            // commit order holds). Syncing here saves waking the flusher,
-            // which is most of a lone publish's latency after the sync.
-            flush_groups(vec![applied], &self.outlet, &self.failed);
-            return stop;
-        }
-        self.in_flusher.fetch_add(1, Ordering::AcqRel);
-        if let Err(std::sync::mpsc::SendError(applied)) = to_flusher.send(applied) {
-            self.in_flusher.fetch_sub(1, Ordering::AcqRel);
-            let e = StoreError::Failed("the store's flusher thread stopped".into());
-            *lock(&self.failed) = Some(e.to_string());
-            fail(applied, &e);
-        }
-        stop
+        self.audit_published(&mut group);
+        meta::save(&self.state.meta, &before.meta, &mut group.batch);
+        (group, stop)
     }
 
-    /// Writes a batch to the write-ahead log, then applies it to the log
-    /// tree; notes the WAL file to sync.
-    fn write_ahead(
-        &mut self,
-        batch: wal::Batch,
-        files: &mut Vec<Arc<File>>,
-    ) -> Result<(), StoreError> {
-        let payload = batch.into_payload();
-        let wal = self.wal.as_mut().ok_or(StoreError::Closed)?;
-        let (file, lsn) = wal
-            .append(&payload)
-            .map_err(|e| StoreError::from_sled(sled::Error::Io(e)))?;
-        if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
-            files.push(file);
-        }
-        wal::apply(&self.log, &payload)?;
-        if let Some(lsn) = lsn {
-            wal.applied(lsn);
+    /// Step 3: writes the group's batch to the write-ahead log, then
+    /// applies it to the log tree.
+    ///
+    /// # Errors
+    /// When the write fails (nothing of the group is stored) or the apply
+    /// fails (the store then stops accepting writes).
+    fn write_ahead(&mut self, group: &mut Group) -> Result<(), StoreError> {
+        let batch = std::mem::take(&mut group.batch);
+        let (file, lsn) = self.write_batch(batch)?;
+        if let Some(file) = file {
+            group.written(file, lsn);
         }
         Ok(())
     }
 
-    fn stage(
+    /// Writes and applies one batch; an empty batch writes nothing.
+    fn write_batch(
         &mut self,
-        staged: &mut Staged,
+        batch: Batch,
+    ) -> Result<(Option<Arc<std::fs::File>>, u64), StoreError> {
+        if batch.is_empty() {
+            return Ok((None, 0));
+        }
+        let payload = batch.into_payload();
+        let wal = self.wal.as_mut().ok_or(StoreError::Closed)?;
+        // A write that fails wrote nothing a restart would replay (the WAL
+        // stops the store's writes itself when a sync fails).
+        let (file, lsn) = wal.append(&payload)?;
+        if let Err(e) = wal::apply(&self.log, &payload) {
+            // Perhaps applied in part: only a replay of the log (at the next
+            // open) can complete it. The record is written, so the group
+            // may turn out stored although its callers were told it failed;
+            // their retries are then recognised as duplicates.
+            self.stop_writes(&e);
+            return Err(e);
+        }
+        wal.applied(lsn);
+        Ok((Some(file), lsn))
+    }
+
+    /// Prunes follow the group; they are answered with it, once durable.
+    fn run_prunes(&mut self, group: &mut Group) {
+        for (cutoff, max_bytes, reply) in std::mem::take(&mut group.prunes) {
+            let result = self.prune(cutoff, max_bytes, group);
+            group.pruned.push((reply, result));
+        }
+    }
+
+    /// Step 4: gives the group to the flusher, or syncs it here when there
+    /// is nothing to overlap with.
+    fn hand_off(&mut self, group: Group, to_flusher: &std::sync::mpsc::SyncSender<Group>) {
+        let synced = self.wal.as_ref().map(Wal::shared);
+        if self.in_flusher.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+            // Nothing waits to be staged, and every earlier group is
+            // answered (the flusher has none in hand, so commit order
+            // holds). Syncing here saves waking the flusher, which is most
+            // of a lone publish's latency after the sync.
+            flusher::sync_and_answer(vec![group], &self.outlet, &self.failed, synced.as_deref());
+            return;
+        }
+        self.in_flusher.fetch_add(1, Ordering::AcqRel);
+        if let Err(std::sync::mpsc::SendError(group)) = to_flusher.send(group) {
+            self.in_flusher.fetch_sub(1, Ordering::AcqRel);
+            let e = StoreError::Io {
+                what: "the store's flusher thread".into(),
+                source: Arc::new(std::io::Error::other("it stopped")),
+            };
+            self.stop_writes(&e);
+            group.fail(&e);
+        }
+    }
+
+    /// Stops every later write (reads go on); the next open replays the log.
+    fn stop_writes(&self, e: &StoreError) {
+        error!(error = %e, "the store refuses further writes until the broker is restarted");
+        let mut failed = lock(&self.failed);
+        if failed.is_none() {
+            *failed = Some(e.clone());
+        }
+    }
+
+    /// Tells readers (health, admin, metrics) whether alerts are accepted.
+    fn report_writes(&self) {
+        let now = match (lock(&self.failed).clone(), self.space.refusal()) {
+            (Some(e), _) => super::Writes::Stopped(e.to_string()),
+            (None, Some(low)) => super::Writes::Refused(low.to_string()),
+            (None, None) => super::Writes::Accepting,
+        };
+        self.outlet.writes.send_if_modified(|w| {
+            let changed = *w != now;
+            *w = now;
+            changed
+        });
+    }
+
+    fn stage_append(
+        &mut self,
+        group: &mut Group,
         alert: Alert,
         kind: AppendKind,
     ) -> Result<Appended, StoreError> {
-        if let Some(earlier) = staged.ids.get(&alert.id) {
-            let (record, _) = &staged.records[earlier.1];
-            check_same_origin(&record.alert, &alert)?;
+        if let Some((earlier, appended)) = group.earlier(&alert.id) {
+            check_same_origin(earlier, &alert)?;
             return Ok(Appended {
                 duplicate: true,
-                ..earlier.0
+                ..appended
             });
         }
-        if let Some(v) = self
-            .log
-            .get(keys::id(&alert.id))
-            .map_err(StoreError::from_sled)?
-        {
-            let (seq, us) =
-                keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", alert.id))?;
-            match self.log.get(keys::alert(seq))? {
-                Some(stored) => {
-                    check_same_origin(&decode_record(seq, &stored)?.alert, &alert)?;
-                    return Ok(Appended {
-                        seq,
-                        received_at: from_micros(us),
-                        duplicate: true,
-                    });
-                }
-                // An index entry without its record: left by a group that
-                // never became durable (a power cut while sled wrote in the
-                // background), or by a prune. The alert is not stored.
-                None => {
-                    warn!(id = %alert.id, seq = seq.0, "id index points to no record; storing the alert anew")
-                }
-            }
+        if let Some(stored) = self.stored(&alert)? {
+            return Ok(stored);
         }
+        // A duplicate is answered even on a full disk; a new alert is not.
+        self.space.check()?;
         let seq = self.state.meta.next_seq;
         // Receive times never decrease, so time order is sequence order.
         let us = micros(SystemTime::now()).max(self.state.last_received_us);
@@ -565,19 +342,17 @@ impl Writer {
         match kind {
             AppendKind::Log => {}
             AppendKind::Inbox => self.state.meta.inbox += 1,
-            AppendKind::Outbox(limits) => {
-                outbox::enqueue(
-                    &self.log,
-                    staged,
-                    &mut self.state.meta,
-                    &record,
-                    size,
-                    limits,
-                )?;
-            }
+            AppendKind::Outbox(limits) => outbox::enqueue(
+                &self.log,
+                group,
+                &mut self.state.meta,
+                &record,
+                size,
+                limits,
+            )?,
         }
-        staged.batch.insert(keys::alert(seq), bytes);
-        staged
+        group.batch.insert(keys::alert(seq), bytes);
+        group
             .batch
             .insert(keys::id(&record.alert.id), keys::id_value(seq, us));
         self.state.meta.next_seq = seq.next();
@@ -588,19 +363,45 @@ impl Writer {
             received_at: record.received_at,
             duplicate: false,
         };
-        staged
+        group
             .ids
-            .insert(record.alert.id, (appended, staged.records.len()));
-        staged.records.push((Arc::new(record), size as usize));
+            .insert(record.alert.id, (appended, group.records.len()));
+        group.records.push((Arc::new(record), size as usize));
         Ok(appended)
+    }
+
+    /// The original acknowledgement of an alert whose id is stored already.
+    fn stored(&self, alert: &Alert) -> Result<Option<Appended>, StoreError> {
+        let sled_err = |e| StoreError::sled("dedupe", e);
+        let Some(v) = self.log.get(keys::id(&alert.id)).map_err(sled_err)? else {
+            return Ok(None);
+        };
+        let (seq, us) = keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", alert.id))?;
+        match self.log.get(keys::alert(seq)).map_err(sled_err)? {
+            Some(stored) => {
+                check_same_origin(&decode_record(seq, &stored)?.alert, alert)?;
+                Ok(Some(Appended {
+                    seq,
+                    received_at: from_micros(us),
+                    duplicate: true,
+                }))
+            }
+            // An index entry without its record: left by a group that never
+            // became durable (a power cut while sled wrote in the
+            // background), or by a prune. The alert is not stored.
+            None => {
+                warn!(id = %alert.id, seq = seq.0, "id index points to no record; storing the alert anew");
+                Ok(None)
+            }
+        }
     }
 
     /// One `published` audit record per origin for the alerts this group
     /// accepts, in the same batch as the alerts (an alert is never accepted
     /// without its record; a record per alert would double the writes).
-    fn audit_published(&mut self, staged: &mut Staged) {
+    fn audit_published(&mut self, group: &mut Group) {
         let mut by_origin: Vec<(String, Vec<(Seq, AlertId)>)> = Vec::new();
-        for (record, _) in &staged.records {
+        for (record, _) in &group.records {
             let origin = record.alert.origin.to_string();
             let entry = (record.seq, record.alert.id);
             match by_origin.iter_mut().find(|(o, _)| *o == origin) {
@@ -609,21 +410,8 @@ impl Writer {
             }
         }
         for (origin, list) in by_origin {
-            let (alert, detail) = match list.as_slice() {
-                [(seq, id)] => (Some(*id), format!("seq {seq}")),
-                many => {
-                    let items: Vec<String> =
-                        many.iter().map(|(seq, id)| format!("{seq}:{id}")).collect();
-                    (
-                        None,
-                        format!("{} alerts (seq:id) {}", many.len(), items.join(" ")),
-                    )
-                }
-            };
-            self.chain.stage(
-                staged,
-                &AuditEvent::new(AuditKind::Published, origin, alert, detail),
-            );
+            self.chain
+                .stage(&mut group.batch, &AuditEvent::published(origin, &list));
         }
     }
 
@@ -636,22 +424,21 @@ impl Writer {
         &mut self,
         cutoff: Option<SystemTime>,
         max_bytes: Option<u64>,
-        files: &mut Vec<Arc<File>>,
+        group: &mut Group,
     ) -> Result<Pruned, StoreError> {
         let cutoff_us = cutoff.map(micros);
         let keep_from = outbox::oldest_seq(&self.log)?.unwrap_or(Seq(u64::MAX));
-        let mut batch = wal::Batch::default();
+        let mut batch = Batch::default();
         let mut pruned = Pruned::default();
         for kv in self
             .log
             .range(keys::alert(Seq(0))..keys::alert(keep_from))
             .take(1024)
         {
-            let (k, v) = kv?;
+            let (k, v) = kv.map_err(|e| StoreError::sled("prune", e))?;
             let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
             let record = decode_record(seq, &v)?;
-            let us = micros(record.received_at);
-            let too_old = cutoff_us.is_some_and(|c| us < c);
+            let too_old = cutoff_us.is_some_and(|c| micros(record.received_at) < c);
             let too_big =
                 max_bytes.is_some_and(|m| self.state.meta.bytes.saturating_sub(pruned.bytes) > m);
             if !(too_old || too_big) {
@@ -659,8 +446,6 @@ impl Writer {
             }
             batch.remove(&k);
             batch.remove(keys::id(&record.alert.id));
-            // Stores written before the time index was dropped still hold one.
-            batch.remove(keys::time(us, seq));
             pruned.alerts += 1;
             pruned.bytes += v.len() as u64;
             pruned.through = Some(seq);
@@ -670,129 +455,46 @@ impl Writer {
         };
         let before = self.state.meta;
         self.state.meta.bytes = self.state.meta.bytes.saturating_sub(pruned.bytes);
-        self.state.meta.save(&before, &mut batch);
-        if let Err(e) = self.write_ahead(batch, files) {
-            self.state.meta = before;
-            *lock(&self.failed) = Some(e.to_string());
-            return Err(e);
+        meta::save(&self.state.meta, &before, &mut batch);
+        match self.write_batch(batch) {
+            Ok((file, lsn)) => {
+                if let Some(file) = file {
+                    group.written(file, lsn);
+                }
+            }
+            Err(e) => {
+                self.state.meta = before;
+                return Err(e);
+            }
         }
         lock(&self.outlet.recent).forget_through(through);
         Ok(pruned)
     }
-}
 
-/// The flusher thread: takes every applied group waiting and flushes them
-/// together.
-fn flush_loop(
-    jobs: &std::sync::mpsc::Receiver<Applied>,
-    outlet: &Outlet,
-    failed: &Mutex<Option<String>>,
-    in_flusher: &AtomicUsize,
-) {
-    while let Ok(first) = jobs.recv() {
-        let mut groups = vec![first];
-        groups.extend(jobs.try_iter());
-        let n = groups.len();
-        flush_groups(groups, outlet, failed);
-        // Only now may the writer answer a group itself.
-        in_flusher.fetch_sub(n, Ordering::AcqRel);
-    }
-}
-
-/// Makes applied groups durable with one `fdatasync` of the write-ahead log
-/// file(s) they went to, then makes them visible and answers their callers,
-/// in commit order.
-fn flush_groups(groups: Vec<Applied>, outlet: &Outlet, failed: &Mutex<Option<String>>) {
-    let failure = lock(failed).clone();
-    let result = match &failure {
-        Some(reason) => Err(StoreError::Failed(format!(
-            "an earlier commit failed ({reason}); restart the broker"
-        ))),
-        None => {
-            let started = std::time::Instant::now();
-            let mut files: Vec<&Arc<File>> = Vec::new();
-            // A sync covers every earlier write to the same file; a full
-            // file is synced before the next one is written to.
-            for f in groups.iter().filter(|g| g.sync).flat_map(|g| &g.files) {
-                if !files.iter().any(|seen| Arc::ptr_eq(seen, f)) {
-                    files.push(f);
-                }
-            }
-            let r = files
-                .iter()
-                .try_for_each(|f| f.sync_data())
-                .map_err(|e| StoreError::from_sled(sled::Error::Io(e)));
-            metrics::histogram!(crate::metrics::COMMIT_FLUSH_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            r
-        }
-    };
-    match result {
-        Ok(()) => {
-            for group in groups {
-                metrics::histogram!(crate::metrics::COMMIT_BATCH).record(group.commands as f64);
-                publish(outlet, group);
-            }
-        }
-        Err(e) => {
-            if failure.is_none() {
-                let alerts: usize = groups.iter().map(|g| g.replies.len()).sum();
-                error!(error = %e, alerts, "flush failed; nothing acknowledged; the store refuses further writes until restarted");
-                *lock(failed) = Some(e.to_string());
-            }
-            for group in groups {
-                fail(group, &e);
+    /// Answers every command with the failure that stopped the writes,
+    /// until a stop request comes.
+    fn refuse_until_stopped(&mut self) {
+        while let Some(commands) = self.collect() {
+            let cause = lock(&self.failed).clone();
+            let e = StoreError::Failed(Arc::new(cause.unwrap_or(StoreError::Closed)));
+            if let Some(done) = refuse(commands, &e) {
+                let _ = done.send(());
+                return;
             }
         }
     }
 }
 
-/// Makes a flushed group visible — counters, cache, head — then answers its
-/// callers. Counters first: whoever is answered and asks for the status must
-/// see its own write.
-fn publish(outlet: &Outlet, group: Applied) {
-    outlet.meta.send_if_modified(|m| {
-        let changed = *m != group.meta;
-        *m = group.meta;
-        changed
-    });
-    if group.receipts > 0 {
-        outlet.receipts.send_modify(|n| *n += group.receipts);
-    }
-    if let Some((last, _)) = group.records.last() {
-        let head = last.seq;
-        let mut recent = lock(&outlet.recent);
-        for (r, size) in group.records {
-            recent.push(r, size);
+/// Answers every command of a group with `e`; returns the stop request
+/// when the group held one.
+fn refuse(commands: Vec<Command>, e: &StoreError) -> Option<oneshot::Sender<()>> {
+    let mut stop = None;
+    for cmd in commands {
+        if let Some(done) = cmd.refuse(|| e.clone()) {
+            stop = Some(done);
         }
-        drop(recent);
-        outlet.head.send_replace(head);
     }
-    for (reply, appended) in group.replies {
-        let _ = reply.send(Ok(appended));
-    }
-    for (reply, r) in group.done {
-        let _ = reply.send(r);
-    }
-    for (reply, r) in group.pruned {
-        let _ = reply.send(r);
-    }
-}
-
-/// Answers every caller of a group that could not be made durable.
-fn fail(group: Applied, e: &StoreError) {
-    for (reply, _) in group.replies {
-        let _ = reply.send(Err(clone_err(e)));
-    }
-    for (reply, _) in group.done {
-        let _ = reply.send(Err(clone_err(e)));
-    }
-    for reply in group.flush_waiters {
-        let _ = reply.send(Err(clone_err(e)));
-    }
-    for (reply, _) in group.pruned {
-        let _ = reply.send(Err(clone_err(e)));
-    }
+    stop
 }
 
 /// A re-published id is a duplicate only when it comes from the same origin;
@@ -802,83 +504,5 @@ fn check_same_origin(stored: &Alert, new: &Alert) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::IdConflict)
-    }
-}
-
-/// Encodes a record as a `pb::AlertRecord` without cloning the alert body
-/// (the body is the bulk of the bytes; `Record::to_proto` would copy it).
-fn encode_record(record: &Record) -> Vec<u8> {
-    use prost::encoding::{message, uint64};
-    let received_at = crate::alert::timestamp(record.received_at);
-    let body = &record.alert.body;
-    let len = uint64::encoded_len(1, &record.seq.0)
-        + message::encoded_len(2, &received_at)
-        + message::encoded_len(3, body);
-    let mut buf = Vec::with_capacity(len);
-    uint64::encode(1, &record.seq.0, &mut buf);
-    message::encode(2, &received_at, &mut buf);
-    message::encode(3, body, &mut buf);
-    buf
-}
-
-/// Answers every command of a group with the failure that stopped the writer;
-/// returns the stop request when the group held one.
-fn refuse(group: Vec<Command>, reason: &str) -> Option<oneshot::Sender<()>> {
-    let err = || {
-        StoreError::Failed(format!(
-            "an earlier commit failed ({reason}); restart the broker"
-        ))
-    };
-    let mut stop = None;
-    for cmd in group {
-        match cmd {
-            Command::Append { reply, .. } => drop(reply.send(Err(err()))),
-            Command::OutboxDone { reply, .. }
-            | Command::Flush { reply }
-            | Command::Receipt { reply, .. } => drop(reply.send(Err(err()))),
-            Command::Audit { .. } => {}
-            Command::Prune { reply, .. } => drop(reply.send(Err(err()))),
-            Command::Stop { done } => stop = Some(done),
-        }
-    }
-    stop
-}
-
-fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
-        other => StoreError::Failed(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use prost::Message;
-
-    #[test]
-    fn encode_record_matches_the_protobuf_encoding() {
-        let body = crate::proto::Alert {
-            id: "0192b8a0-7d3c-7cc1-9a0e-3f1c2b4d5e6f".into(),
-            headline: "x".repeat(300),
-            origin: Some(crate::alert::origin_proto(
-                &"urn:liaison:TJ:border-guard:ishkashim".parse().unwrap(),
-            )),
-            status: 1,
-            category: 1,
-            severity: 1,
-            urgency: 1,
-            marking: Some(crate::proto::Marking {
-                tlp: 1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let record = Record {
-            seq: Seq(77),
-            received_at: from_micros(1_764_000_000_123_456),
-            alert: Alert::from_stored(body).unwrap(),
-        };
-        assert_eq!(encode_record(&record), record.to_proto().encode_to_vec());
     }
 }

@@ -1,0 +1,733 @@
+//! The write-ahead log: what makes a commit durable, and what lets a
+//! restart tell a crash's torn tail from damage.
+//!
+//! Every group the writer stages is written here as one record *before* it
+//! is applied to sled (in memory); one `fdatasync` then makes every group
+//! written meanwhile durable (group commit), before anyone is answered.
+//! sled is flushed only at checkpoints ([`checkpoint`]: every second,
+//! whenever a file is full, on `Store::flush` and on close), so the ack path
+//! pays one sequential write and one `fdatasync`.
+//!
+//! # Files
+//!
+//! `wal/<n>.log`, each created at its full size (64 MiB, allocated with
+//! `fallocate`, so that a write into it cannot fail for lack of space and
+//! a sync has no size to persist), starting with a header that records
+//! that size ([`frame`]). Records carry consecutive LSNs across files. When
+//! a file is full, the writer first makes sure the next file exists, then
+//! ends the full one with a marker record naming it, syncs it, and goes on
+//! in the next; the checkpointer returns a full file for reuse once a
+//! checkpoint covers all its records.
+//!
+//! # Recovery
+//!
+//! At open, the records above the checkpoint are read from every file,
+//! checked ([`recovery`]) and replayed in order; re-applying a batch sled
+//! already holds is harmless. A torn tail is discarded; damage (a record
+//! that was certainly on disk is missing or altered, a file is missing or
+//! cut) refuses the open unless the operator chose a [`Mode`] that accepts
+//! the loss. Then a checkpoint covers everything, and new records follow
+//! the newest LSN any file held, so an LSN is never reused either.
+
+mod checkpoint;
+mod frame;
+mod recovery;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, info, warn};
+
+pub use checkpoint::Shared;
+pub use recovery::Mode;
+
+use super::command::{Batch, Op, Reply, decode_ops};
+use super::error::StoreError;
+use super::{keys, lock};
+use checkpoint::Request;
+use frame::{FILE_HEADER, Header};
+
+/// The size a WAL file is created with.
+pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Room kept at the end of each file for its end marker.
+const MARKER_ROOM: u64 = (frame::RECORD_HEADER + 64) as u64;
+
+/// How the log is kept and recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalConfig {
+    pub file_bytes: u64,
+    pub recovery: Mode,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            file_bytes: FILE_BYTES,
+            recovery: Mode::Strict,
+        }
+    }
+}
+
+/// What the open found and did.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Records replayed.
+    pub replayed: u64,
+    /// The highest LSN replayed (or the checkpoint's).
+    pub through: u64,
+    /// The highest LSN any file held or claimed: new records follow it.
+    pub newest: u64,
+    /// Records that may have been acknowledged were not replayed: sequence
+    /// numbers must go past anything that may have been handed out.
+    pub maybe_acked_lost: bool,
+    /// The highest `next_seq` any record above the checkpoint held,
+    /// replayed or not.
+    pub max_next_seq: u64,
+    /// Damage that the operator's recovery mode passed over, and what it
+    /// cost: for the log and the audit trail.
+    pub damage: Vec<String>,
+    pub mode: Mode,
+}
+
+/// One change of the log tree, applied operation by operation (sled's own
+/// atomic batches write and sync two I/O buffers each; atomicity comes from
+/// writing the payload to the WAL first).
+///
+/// # Errors
+/// When the payload does not decode, or sled fails.
+pub fn apply(log: &sled::Tree, payload: &[u8]) -> Result<(), StoreError> {
+    let ops = decode_ops(payload).map_err(|e| StoreError::Corrupt {
+        what: "write-ahead log record".into(),
+        detail: e.0,
+    })?;
+    for op in ops {
+        match op {
+            Op::Insert(k, v) => drop(log.insert(k, v).map_err(|e| StoreError::sled("apply", e))?),
+            Op::Remove(k) => drop(log.remove(k).map_err(|e| StoreError::sled("apply", e))?),
+            Op::NextFile(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The appending side, owned by the store's writer thread.
+pub struct Wal {
+    dir: PathBuf,
+    /// A file is full at this size ([`FILE_BYTES`]).
+    file_bytes: u64,
+    file: Arc<File>,
+    number: u32,
+    offset: u64,
+    next_lsn: u64,
+    shared: Arc<Shared>,
+    /// Checkpointed files, ready for reuse.
+    spare: Arc<Mutex<Vec<(u32, PathBuf)>>>,
+    checkpoints: Option<Sender<Request>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    buf: Vec<u8>,
+    /// Set when the log can no longer be trusted (a sync failed): the
+    /// store refuses every later write. Shared with the writer.
+    failed: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl Wal {
+    /// Recovers what the last run left above the checkpoint into `log`
+    /// (see the module docs), makes it durable in sled, and starts the
+    /// checkpointer thread.
+    ///
+    /// # Errors
+    /// [`StoreError::WalDamaged`] when the log is damaged and the mode does
+    /// not accept it; when the WAL directory cannot be read or written, or
+    /// a replayed batch cannot be applied or flushed.
+    pub fn open(
+        data: &Path,
+        db: &sled::Db,
+        log: &sled::Tree,
+        config: WalConfig,
+        failed: Arc<Mutex<Option<StoreError>>>,
+    ) -> Result<(Wal, Recovered), StoreError> {
+        let dir = data.join("wal");
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(dir.display().to_string(), e))?;
+        let ck = checkpoint::decode(
+            log.get(keys::META_WAL_CHECKPOINT)
+                .map_err(|e| StoreError::sled("reading the checkpoint", e))?
+                .as_deref(),
+        );
+        let files = read_files(&dir)?;
+        let recovered = replay(data, log, &files, ck, config.recovery)?;
+        // Everything any file holds is now in sled or given up: a
+        // checkpoint says so, and new records follow the newest LSN.
+        let newest = recovered.newest.max(ck.lsn);
+        let (number, file) = reuse_files(&dir, &files, config.file_bytes)?;
+        let spare: Vec<(u32, PathBuf)> = files
+            .iter()
+            .filter(|f| f.number != number && usable(f, config.file_bytes))
+            .map(|f| (f.number, f.path.clone()))
+            .collect();
+        drop(files);
+        let value = checkpoint::encode(recovery::Checkpoint {
+            lsn: newest,
+            clean: false,
+            active: Some(number),
+            legacy: false,
+        });
+        log.insert(keys::META_WAL_CHECKPOINT, &value)
+            .map_err(|e| StoreError::sled("checkpoint", e))?;
+        db.flush()
+            .map_err(|e| StoreError::sled("flush after recovery", e))?;
+        let file = Arc::new(file);
+        let shared = Arc::new(Shared {
+            applied: AtomicU64::new(newest),
+            written: AtomicU64::new(newest),
+            synced: AtomicU64::new(newest),
+            active: Mutex::new((number, file.clone())),
+        });
+        let spare = Arc::new(Mutex::new(spare));
+        let (tx, rx) = channel();
+        let checkpointer = {
+            let (db, log, spare, shared, failed) = (
+                db.clone(),
+                log.clone(),
+                spare.clone(),
+                shared.clone(),
+                failed.clone(),
+            );
+            std::thread::Builder::new()
+                .name("liaison-store-ckpt".into())
+                .spawn(move || checkpoint::run(&db, &log, &rx, &spare, &shared, &failed))
+                .map_err(|e| StoreError::io("starting the checkpointer thread", e))?
+        };
+        let wal = Wal {
+            dir,
+            file_bytes: config.file_bytes,
+            file,
+            number,
+            offset: FILE_HEADER as u64,
+            next_lsn: newest + 1,
+            shared,
+            spare,
+            checkpoints: Some(tx),
+            checkpointer: Some(checkpointer),
+            buf: Vec::new(),
+            failed,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// What the flusher reports syncs to.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Writes `payload` as the next record (not synced: the flusher syncs
+    /// the file returned, once for every group written meanwhile) and
+    /// returns it with the record's LSN. Once the payload is applied,
+    /// report it with [`Wal::applied`].
+    ///
+    /// # Errors
+    /// When the write (or the start of the next file) fails; nothing was
+    /// written then that a restart would replay, and the payload must not
+    /// be applied.
+    pub fn append(&mut self, payload: &[u8]) -> Result<(Arc<File>, u64), StoreError> {
+        let frame_len = (frame::RECORD_HEADER + payload.len()) as u64;
+        if self.offset > FILE_HEADER as u64
+            && self.offset + frame_len + MARKER_ROOM > self.file_bytes
+        {
+            self.rotate()?;
+        }
+        let lsn = self.next_lsn;
+        self.write_record(lsn, payload)?;
+        Ok((self.file.clone(), lsn))
+    }
+
+    fn write_record(&mut self, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
+        self.buf.clear();
+        let synced = self.shared.synced.load(Ordering::Acquire);
+        frame::encode(lsn, synced, payload, &mut self.buf);
+        self.file
+            .write_all_at(&self.buf, self.offset)
+            .map_err(|e| StoreError::io(self.path(self.number).display().to_string(), e))?;
+        self.offset += self.buf.len() as u64;
+        self.next_lsn = lsn + 1;
+        self.shared.written.store(lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// The batch of record `lsn` is applied to sled in full.
+    pub fn applied(&self, lsn: u64) {
+        self.shared.applied.store(lsn, Ordering::Release);
+    }
+
+    /// Asks for a checkpoint of everything applied so far; `replies` are
+    /// answered once sled holds it on disk.
+    pub fn checkpoint(&self, replies: Vec<Reply<()>>) {
+        self.request(Request {
+            retired: None,
+            replies,
+            closing: false,
+        });
+    }
+
+    fn request(&self, request: Request) {
+        if let Some(tx) = &self.checkpoints
+            && let Err(std::sync::mpsc::SendError(c)) = tx.send(request)
+        {
+            for reply in c.replies {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+        }
+    }
+
+    fn path(&self, number: u32) -> PathBuf {
+        self.dir.join(format!("{number}.log"))
+    }
+
+    /// Goes on in a spare (checkpointed) file, or a new one: the next file
+    /// exists before the full one's end marker names it, and the full one
+    /// is on disk before anything is written to the next (a group published
+    /// without a sync of its own then never leaves a gap before a synced
+    /// one).
+    ///
+    /// # Errors
+    /// When the next file cannot be made (the disk is full) or the full one
+    /// cannot be synced; the full file is unchanged in the first case.
+    fn rotate(&mut self) -> Result<(), StoreError> {
+        let spare = lock(&self.spare).pop();
+        let (number, path) = match spare {
+            Some(s) => s,
+            None => {
+                let mut n = self.number + 1;
+                while self.path(n).exists() {
+                    n += 1;
+                }
+                debug!(file = n, "new write-ahead log file");
+                (n, self.path(n))
+            }
+        };
+        let next = match open_file(&path, self.file_bytes) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                if path.exists() && spare_of(&path).is_some() {
+                    lock(&self.spare).push((number, path));
+                }
+                return Err(e);
+            }
+        };
+        let marker = Batch::next_file(&format!("{number}.log")).into_payload();
+        let lsn = self.next_lsn;
+        self.write_record(lsn, &marker)?;
+        if let Err(e) = self.file.sync_data() {
+            // What the file held unsynced may be lost: only a replay can
+            // tell what is on disk.
+            let e = StoreError::io(self.path(self.number).display().to_string(), e);
+            lock(&self.failed).get_or_insert_with(|| e.clone());
+            return Err(e);
+        }
+        self.applied(lsn);
+        self.shared.synced_through(lsn);
+        let retired = (
+            self.number,
+            self.path(self.number),
+            std::mem::replace(&mut self.file, next.clone()),
+            lsn,
+        );
+        self.number = number;
+        *lock(&self.shared.active) = (number, next);
+        self.offset = FILE_HEADER as u64;
+        self.request(Request {
+            retired: Some(retired),
+            replies: Vec::new(),
+            closing: false,
+        });
+        Ok(())
+    }
+}
+
+fn spare_of(path: &Path) -> Option<u32> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+impl Drop for Wal {
+    /// A final checkpoint, so that a clean stop leaves nothing to replay;
+    /// waits for the checkpointer.
+    fn drop(&mut self) {
+        self.request(Request {
+            retired: None,
+            replies: Vec::new(),
+            closing: true,
+        });
+        self.checkpoints = None;
+        if let Some(handle) = self.checkpointer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Reads every `N.log` of the WAL directory, in number order.
+fn read_files(dir: &Path) -> Result<Vec<recovery::WalFile>, StoreError> {
+    let read_err = |e| StoreError::io(dir.display().to_string(), e);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let Some(number) = spare_of(&path) else {
+            warn!(file = %path.display(), "not a write-ahead log file name; ignored");
+            continue;
+        };
+        let bytes =
+            std::fs::read(&path).map_err(|e| StoreError::io(path.display().to_string(), e))?;
+        files.push(recovery::WalFile {
+            number,
+            path,
+            bytes,
+        });
+    }
+    files.sort_by_key(|f| f.number);
+    Ok(files)
+}
+
+/// Plans the recovery, applies what is to be replayed and reports it.
+fn replay(
+    data: &Path,
+    log: &sled::Tree,
+    files: &[recovery::WalFile],
+    ck: recovery::Checkpoint,
+    mode: Mode,
+) -> Result<Recovered, StoreError> {
+    let plan = recovery::plan(files, ck, mode).map_err(|d| StoreError::WalDamaged {
+        file: data
+            .join(&d.file)
+            .canonicalize()
+            .unwrap_or_else(|_| data.join(&d.file)),
+        offset: d.offset,
+        lsn: d.lsn,
+        detail: d.detail,
+    })?;
+    for note in &plan.notes {
+        info!("{note}");
+    }
+    let mut recovered = Recovered {
+        through: ck.lsn,
+        newest: plan.newest,
+        maybe_acked_lost: plan.maybe_acked_lost,
+        mode,
+        ..Recovered::default()
+    };
+    for (lsn, payload) in &plan.replay {
+        apply(log, payload)?;
+        recovered.replayed += 1;
+        recovered.through = *lsn;
+    }
+    for (_, payload) in plan.replay.iter().chain(&plan.discarded) {
+        recovered.max_next_seq = recovered.max_next_seq.max(next_seq_in(payload));
+    }
+    for d in &plan.damage {
+        recovered.damage.push(format!(
+            "{}, offset {}, LSN {}: {}",
+            d.file.display(),
+            d.offset,
+            d.lsn,
+            d.detail
+        ));
+    }
+    if !plan.discarded.is_empty() && !plan.damage.is_empty() {
+        let lsns: Vec<u64> = plan.discarded.iter().map(|(l, _)| *l).collect();
+        recovered.damage.push(format!(
+            "--wal-recovery {}: {} intact records not replayed (LSN {}..={})",
+            mode.name(),
+            lsns.len(),
+            lsns.first().unwrap_or(&0),
+            lsns.last().unwrap_or(&0)
+        ));
+    }
+    for line in &recovered.damage {
+        warn!(
+            mode = mode.name(),
+            "write-ahead log damage accepted: {line}"
+        );
+    }
+    if recovered.replayed > 0 {
+        info!(
+            records = recovered.replayed,
+            through = recovered.through,
+            "replayed the write-ahead log"
+        );
+    }
+    Ok(recovered)
+}
+
+/// The `next_seq` a payload sets, if it sets one (0 otherwise).
+fn next_seq_in(payload: &[u8]) -> u64 {
+    decode_ops(payload)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|op| match op {
+            Op::Insert(k, v) if k == keys::META_NEXT_SEQ => keys::u64_value(v),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether a file can take new records from its start.
+fn usable(f: &recovery::WalFile, file_bytes: u64) -> bool {
+    matches!(frame::header(&f.bytes), Header::V2 { size } if size == file_bytes && f.bytes.len() as u64 >= size)
+}
+
+/// Removes what recovery left that cannot be reused (files of the first
+/// format, cut or differently sized files), and opens the file the new run
+/// starts in.
+fn reuse_files(
+    dir: &Path,
+    files: &[recovery::WalFile],
+    file_bytes: u64,
+) -> Result<(u32, File), StoreError> {
+    for f in files.iter().filter(|f| !usable(f, file_bytes)) {
+        std::fs::remove_file(&f.path)
+            .map_err(|e| StoreError::io(f.path.display().to_string(), e))?;
+    }
+    let number = files
+        .iter()
+        .find(|f| usable(f, file_bytes))
+        .map_or(0, |f| f.number);
+    let path = dir.join(format!("{number}.log"));
+    Ok((number, open_file(&path, file_bytes)?))
+}
+
+/// Opens (or creates) a WAL file with its header and its full size
+/// allocated.
+fn open_file(path: &Path, size: u64) -> Result<File, StoreError> {
+    let err = |e| StoreError::io(path.display().to_string(), e);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    if file.metadata().map_err(err)?.len() < size {
+        allocate(&file, size).map_err(err)?;
+    }
+    file.write_all_at(&frame::file_header(size), 0)
+        .map_err(err)?;
+    // The new name must survive a crash too.
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(file)
+}
+
+/// Gives the file its full size, with its blocks allocated where the file
+/// system can (so that no later write into it can find the disk full).
+fn allocate(file: &File, size: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
+    // SAFETY: fallocate only reads its integer arguments; the descriptor
+    // is open for as long as `file` lives.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS) => file.set_len(size),
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn open_with(dir: &Path, config: WalConfig) -> Result<(sled::Db, sled::Tree, Wal), StoreError> {
+        // sled releases its file lock when its I/O pool lets go of the last
+        // handle, which can trail the drop of the previous `Db` by a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.join("db"))
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let log = db.open_tree("log").unwrap();
+        let (wal, _) = Wal::open(dir, &db, &log, config, Arc::default())?;
+        Ok((db, log, wal))
+    }
+
+    fn open(dir: &Path) -> (sled::Db, sled::Tree, Wal) {
+        open_with(dir, WalConfig::default()).expect("opens")
+    }
+
+    fn batch(ops: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = Batch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.insert(k.as_bytes(), v.as_bytes()),
+                None => b.remove(k.as_bytes()),
+            }
+        }
+        b.into_payload()
+    }
+
+    /// A crash: neither the final checkpoint nor the checkpointer runs.
+    fn crash(mut wal: Wal) {
+        wal.checkpoints = None;
+        let _ = wal.checkpointer.take().map(std::thread::JoinHandle::join);
+        std::mem::forget(wal);
+    }
+
+    /// Appended and synced but never applied to sled: the next open
+    /// replays it, in order; a torn record after it is ignored.
+    #[test]
+    fn open_replays_synced_records_and_ignores_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = batch(&[("k1", Some("v1")), ("k2", Some("v2"))]);
+        let two = batch(&[("k1", None), ("k3", Some("v3"))]);
+        {
+            let (_db, _log, mut wal) = open(dir.path());
+            wal.append(&one).unwrap();
+            let (file, _) = wal.append(&two).unwrap();
+            // A third record, cut short as a kill would cut it.
+            let mut torn = Vec::new();
+            frame::encode(wal.next_lsn, 2, &batch(&[("k4", Some("v4"))]), &mut torn);
+            file.write_all_at(&torn[..torn.len() - 3], wal.offset)
+                .unwrap();
+            file.sync_data().unwrap();
+            crash(wal);
+        }
+        {
+            let (_db, log, wal) = open(dir.path());
+            assert_eq!(log.get("k1").unwrap(), None);
+            assert_eq!(log.get("k2").unwrap().unwrap(), "v2".as_bytes());
+            assert_eq!(log.get("k3").unwrap().unwrap(), "v3".as_bytes());
+            assert_eq!(log.get("k4").unwrap(), None);
+            assert_eq!(wal.next_lsn, 4, "not even the torn record's LSN is reused");
+        }
+        // Checkpointed: a third open replays nothing, even after the values
+        // change behind the WAL's back.
+        let (db, log, wal) = open(dir.path());
+        log.insert("k2", "changed").unwrap();
+        drop((wal, db, log));
+        let (_db, log, _wal) = open(dir.path());
+        assert_eq!(log.get("k2").unwrap().unwrap(), "changed".as_bytes());
+    }
+
+    /// A batch whose apply failed half-way (never reported applied) stays
+    /// above the checkpoint, even the final one of a clean close, and is
+    /// replayed whole at the next open.
+    #[test]
+    fn a_batch_not_applied_in_full_is_replayed_after_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, log, mut wal) = open(dir.path());
+            let good = batch(&[("a", Some("1"))]);
+            let (_, lsn) = wal.append(&good).unwrap();
+            apply(&log, &good).unwrap();
+            wal.applied(lsn);
+            let broken = batch(&[("b", Some("2")), ("c", Some("3"))]);
+            wal.append(&broken).unwrap().0.sync_data().unwrap();
+            // Only the first operation made it into sled.
+            log.insert("b", "2").unwrap();
+        }
+        let (_db, log, _wal) = open(dir.path());
+        assert_eq!(log.get("a").unwrap().unwrap(), "1".as_bytes());
+        assert_eq!(log.get("c").unwrap().unwrap(), "3".as_bytes());
+    }
+
+    /// Files fill, end with a marker naming the next, are checkpointed and
+    /// reused; a reopen replays only what is above the checkpoint.
+    #[test]
+    fn full_files_are_reused_after_their_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            file_bytes: 64 * 1024,
+            ..WalConfig::default()
+        };
+        let (db, log, mut wal) = open_with(dir.path(), config).unwrap();
+        let value = vec![7u8; 4096];
+        let write = |wal: &mut Wal, i: u32| {
+            let mut b = Batch::default();
+            b.insert(i.to_be_bytes(), &value);
+            let payload = b.into_payload();
+            let (_, lsn) = wal.append(&payload).unwrap();
+            apply(&log, &payload).unwrap();
+            wal.applied(lsn);
+        };
+        // Fill the first file and start the second.
+        for i in 0..20 {
+            write(&mut wal, i);
+        }
+        let files = || read_files(&dir.path().join("wal")).unwrap().len();
+        assert_eq!(files(), 2);
+        // Readiness: the first file's checkpoint returns it as a spare.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while lock(&wal.spare).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 20..35 {
+            write(&mut wal, i);
+        }
+        assert_eq!(files(), 2, "the checkpointed file was reused");
+        let next = wal.next_lsn;
+        crash(wal);
+        drop((db, log));
+        let (_db, log, wal) = open_with(dir.path(), config).unwrap();
+        assert_eq!(log.len(), 35 + 1, "the records and the checkpoint");
+        assert!(wal.next_lsn >= next);
+    }
+
+    /// A full file says where the log goes on; that file deleted after a
+    /// crash is damage, and the open says which file, which offset and
+    /// which LSN.
+    #[test]
+    fn a_deleted_file_of_the_log_refuses_the_open_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            file_bytes: 64 * 1024,
+            ..WalConfig::default()
+        };
+        let (db, log, mut wal) = open_with(dir.path(), config).unwrap();
+        for i in 0u32..20 {
+            let mut b = Batch::default();
+            b.insert(i.to_be_bytes(), vec![1u8; 4096]);
+            let payload = b.into_payload();
+            let (file, lsn) = wal.append(&payload).unwrap();
+            file.sync_data().unwrap();
+            apply(&log, &payload).unwrap();
+            wal.applied(lsn);
+            wal.shared.synced_through(lsn);
+        }
+        let newest = wal.number;
+        crash(wal);
+        drop((db, log));
+        std::fs::remove_file(dir.path().join(format!("wal/{newest}.log"))).unwrap();
+        let Err(StoreError::WalDamaged { file, lsn, .. }) = open_with(dir.path(), config) else {
+            panic!("a deleted file was not noticed");
+        };
+        assert!(file.ends_with(format!("wal/{newest}.log")), "{file:?}");
+        assert!(lsn > 1);
+        // The operator's choice opens it, keeping what is there.
+        let lenient = WalConfig {
+            recovery: Mode::PointInTime,
+            ..config
+        };
+        let (_db, log, _wal) = open_with(dir.path(), lenient).expect("opens with the choice");
+        assert!(log.get(0u32.to_be_bytes()).unwrap().is_some());
+    }
+}
