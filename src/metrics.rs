@@ -30,6 +30,12 @@ pub const FEED_IN_FLIGHT: &str = "liaison_feed_in_flight";
 /// Commands committed per group commit, and the time of its flush.
 pub const COMMIT_BATCH: &str = "liaison_commit_batch_size";
 pub const COMMIT_FLUSH_SECONDS: &str = "liaison_commit_flush_seconds";
+/// 1 while the store refuses new alerts, by `reason`: `low_disk` (below
+/// the free-space reserve; lifts by itself) or `stopped` (a failure; needs a
+/// restart).
+pub const WRITES_REFUSED: &str = "liaison_store_writes_refused";
+/// Free bytes on the data directory's disk, as last measured.
+pub const DISK_FREE_BYTES: &str = "liaison_store_disk_free_bytes";
 /// Nodes with an open connection.
 pub const CONNECTED_NODES: &str = "liaison_connected_nodes";
 /// Refused certificates, by `reason`.

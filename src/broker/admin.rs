@@ -88,6 +88,22 @@ impl Broker {
         })
     }
 
+    /// Whether new alerts are accepted, and a receiver of changes.
+    pub fn watch_writes(&self) -> tokio::sync::watch::Receiver<crate::store::Writes> {
+        self.inner.store.watch_writes()
+    }
+
+    /// Measures free space now and updates [`Broker::watch_writes`].
+    pub fn refresh_writes(&self) {
+        self.inner.store.refresh_writes();
+    }
+
+    /// Free bytes on the data directory's disk, and the reserve below which
+    /// new alerts are refused.
+    pub fn disk(&self) -> (Option<u64>, u64) {
+        self.inner.store.disk()
+    }
+
     /// The newest committed sequence (0 when empty).
     pub fn head(&self) -> Seq {
         self.inner.store.head()

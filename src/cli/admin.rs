@@ -203,7 +203,9 @@ async fn table_view(view: Table, args: &AdminArgs) -> Result<ExitCode> {
             let v = json!({"head_seq": s.head_seq, "first_seq": s.first_seq, "log_bytes": s.log_bytes,
                            "feeds": s.feeds, "feeds_connected": s.feeds_connected, "connections": s.connections,
                            "audit_records": s.audit_records, "started": time_json(&s.started),
-                           "policy_open": s.policy_open, "agreements": s.agreements});
+                           "policy_open": s.policy_open, "agreements": s.agreements,
+                           "writes": s.writes, "disk_free_bytes": s.disk_free_bytes,
+                           "disk_reserve_bytes": s.disk_reserve_bytes});
             if args.json {
                 println!("{v}");
             } else if let Some(map) = v.as_object() {
@@ -231,7 +233,7 @@ pub async fn health(args: HealthArgs) -> Result<ExitCode> {
     let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
         .connect()
         .await?;
-    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = client
         .check(tonic_health::pb::HealthCheckRequest {
             service: args.service,
@@ -241,7 +243,22 @@ pub async fn health(args: HealthArgs) -> Result<ExitCode> {
         .into_inner()
         .status;
     let serving = status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+    if serving {
+        println!("SERVING");
+    } else {
+        // Why, when this node may ask (an administrator, or any node
+        // without a policy file).
+        let why = match pb::admin_client::AdminClient::new(channel)
+            .stats(pb::AdminStatsRequest {})
+            .await
+        {
+            Ok(s) if s.get_ref().writes != "accepting" => {
+                format!(": alerts {}", s.into_inner().writes)
+            }
+            _ => String::new(),
+        };
+        println!("NOT_SERVING{why}");
+    }
     Ok(if serving {
         ExitCode::SUCCESS
     } else {

@@ -118,7 +118,7 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
     config.inbox.filter = args.inbox_filter.to_proto()?;
     config.link.backoff_max = parse_duration(&args.max_backoff)?;
     config.link.keepalive_interval = parse_duration(&args.keepalive)?;
-    config.store = args.store.store_config();
+    config.store = args.store.store_config()?;
     if let (Some(cert), Some(key)) = (args.listen_cert, args.listen_key) {
         config.listen_tls = Some(TlsFiles {
             ca: config.tls.ca.clone(),

@@ -42,6 +42,12 @@ const SERVE: &[Key] = &[
     ("retain_bytes", "--retain-bytes", None, Shape::Number),
     ("shutdown_grace", "--shutdown-grace", None, Shape::Duration),
     ("min_free_disk", "--min-free-disk", None, Shape::Number),
+    (
+        "checkpoint_interval",
+        "--checkpoint-interval",
+        None,
+        Shape::Duration,
+    ),
 ];
 
 const AGENT: &[Key] = &[
@@ -89,6 +95,12 @@ const AGENT: &[Key] = &[
     ("keepalive", "--keepalive", None, Shape::Duration),
     ("metrics", "--metrics", Some("LIAISON_METRICS"), Shape::Text),
     ("min_free_disk", "--min-free-disk", None, Shape::Number),
+    (
+        "checkpoint_interval",
+        "--checkpoint-interval",
+        None,
+        Shape::Duration,
+    ),
 ];
 
 /// Which command a file configures.

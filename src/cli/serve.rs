@@ -72,6 +72,12 @@ pub struct StoreArgs {
     /// choice and what it cost are logged and audited.
     #[arg(long, value_enum, default_value_t = WalRecoveryArg::Strict)]
     pub wal_recovery: WalRecoveryArg,
+    /// How often the database is flushed when nothing else asks for it:
+    /// bounds how much a restart replays from the write-ahead log, and how
+    /// many acknowledgements of open feeds a crash can make the broker
+    /// redeliver.
+    #[arg(long, default_value = "1s")]
+    pub checkpoint_interval: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,17 +89,24 @@ pub enum WalRecoveryArg {
 
 impl StoreArgs {
     /// The store settings these flags make.
-    pub fn store_config(&self) -> StoreConfig {
+    ///
+    /// # Errors
+    /// When `--checkpoint-interval` is not a duration.
+    pub fn store_config(&self) -> Result<StoreConfig> {
         let mut config = StoreConfig {
             min_free_bytes: self.min_free_disk,
             ..StoreConfig::default()
         };
+        config.wal.checkpoint_every = parse_duration(&self.checkpoint_interval)?;
+        if config.wal.checkpoint_every.is_zero() {
+            anyhow::bail!("--checkpoint-interval must be more than 0");
+        }
         config.wal.recovery = match self.wal_recovery {
             WalRecoveryArg::Strict => WalRecovery::Strict,
             WalRecoveryArg::PointInTime => WalRecovery::PointInTime,
             WalRecoveryArg::SkipDamaged => WalRecovery::SkipDamaged,
         };
-        config
+        Ok(config)
     }
 }
 
@@ -152,7 +165,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     config.shutdown_grace = parse_duration(&args.shutdown_grace)?;
     config.policy_file = args.policy.clone();
-    config.store = args.store.store_config();
+    config.store = args.store.store_config()?;
     if !args.data.exists() {
         warn!(data = %args.data.display(), "no data directory: creating a new, empty store");
     }

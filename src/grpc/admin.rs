@@ -157,6 +157,9 @@ impl Admin for AdminService {
             started: Some(timestamp(self.started)),
             policy_open: policy.is_open(),
             agreements: policy.agreements().len() as u64,
+            writes: self.broker.watch_writes().borrow().to_string(),
+            disk_free_bytes: self.broker.disk().0.unwrap_or(0),
+            disk_reserve_bytes: self.broker.disk().1,
         }))
     }
 }

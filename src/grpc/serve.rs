@@ -18,6 +18,7 @@ use super::limits::MessageLimit;
 use super::publish::PublishStreamRoute;
 use crate::broker::Broker;
 use crate::proto::broker_server::BrokerServer;
+use crate::store::Writes;
 
 /// The layers every service of a listener sits behind.
 pub type Layers = tower_layer::Stack<MessageLimit, tower_layer::Identity>;
@@ -35,6 +36,8 @@ pub fn max_message_bytes(max_alert_bytes: usize) -> usize {
 pub struct Services {
     pub router: Router<Layers>,
     pub health: HealthReporter,
+    /// Whether the store accepts alerts: the Broker service's health.
+    broker: Broker,
 }
 
 /// The Broker service of `broker`, health and reflection, behind the
@@ -80,12 +83,17 @@ pub async fn services(
             shutdown.clone(),
             max_message,
         ));
-    Ok(Services { router, health })
+    Ok(Services {
+        router,
+        health,
+        broker: broker.clone(),
+    })
 }
 
 /// Serves `router` on `incoming` until `shutdown` is cancelled; then health
 /// says NOT_SERVING, and open connections get `grace` to finish before
-/// they are dropped.
+/// they are dropped. Health also says NOT_SERVING for the Broker service
+/// while the store refuses new alerts (the reason is in `Admin.Stats`).
 ///
 /// # Errors
 /// When the server fails.
@@ -106,18 +114,48 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Services { router, health } = services;
+    let Services {
+        router,
+        health,
+        broker,
+    } = services;
     let serve = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
-        health
-            .set_service_status(BROKER_SERVICE, ServingStatus::NotServing)
-            .await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
         served = serve => served?,
         () = deadline => warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them"),
+        () = report_health(&health, &broker, shutdown) => {}
     }
     Ok(())
+}
+
+/// Keeps the Broker service's health in step with the store and the
+/// shutdown; never returns. While alerts are refused for want of space,
+/// free space is measured every second, so that the refusal lifts (and
+/// health says SERVING again) without waiting for the next publish.
+async fn report_health(health: &HealthReporter, broker: &Broker, shutdown: &CancellationToken) {
+    let mut writes = broker.watch_writes();
+    loop {
+        let (status, recheck) = match *writes.borrow_and_update() {
+            Writes::Accepting => (ServingStatus::Serving, false),
+            Writes::Refused(_) => (ServingStatus::NotServing, true),
+            Writes::Stopped(_) => (ServingStatus::NotServing, false),
+        };
+        health.set_service_status(BROKER_SERVICE, status).await;
+        tokio::select! {
+            changed = writes.changed() => if changed.is_ok() { continue },
+            () = tokio::time::sleep(Duration::from_secs(1)), if recheck => {
+                broker.refresh_writes();
+                continue;
+            }
+            () = shutdown.cancelled() => {}
+        }
+        health
+            .set_service_status(BROKER_SERVICE, ServingStatus::NotServing)
+            .await;
+        std::future::pending::<()>().await;
+    }
 }

@@ -17,7 +17,7 @@ pub enum StoreError {
         source: Arc<io::Error>,
     },
     /// The disk (or the user's quota) is full.
-    #[error("the disk is full ({what}: {source})")]
+    #[error("the disk is full ({what})")]
     DiskFull {
         what: String,
         #[source]

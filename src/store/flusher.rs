@@ -10,9 +10,9 @@ use tracing::error;
 
 use super::command::{Group, Meta};
 use super::error::StoreError;
+use super::lock;
 use super::recent::Recent;
 use super::wal::Shared;
-use super::{Writes, lock};
 use crate::alert::Seq;
 
 /// The watch senders and the cache through which committed groups become
@@ -25,8 +25,6 @@ pub struct Outlet {
     pub recent: Arc<Mutex<Recent>>,
     /// Bumped when receipts are committed; readers hold receivers.
     pub receipts: watch::Sender<u64>,
-    /// Whether the store accepts new alerts; the writer sets it.
-    pub writes: watch::Sender<Writes>,
 }
 
 /// Takes every group waiting and syncs them together, until the writer

@@ -30,6 +30,9 @@ pub const META_FORWARDED: &[u8] = b"mforwarded";
 pub const META_EXPIRED: &[u8] = b"mexpired";
 pub const META_REJECTED: &[u8] = b"mrejected";
 pub const META_INBOX: &[u8] = b"minbox";
+/// The store's identity (16 bytes), also kept in the `store-id` file beside
+/// the database: a database that lost its contents is told from a new one.
+pub const META_STORE_ID: &[u8] = b"mstore_id";
 /// Sequences below this one may have been handed out (written ahead of use).
 pub const META_SEQ_RESERVED: &[u8] = b"mseq_reserved";
 /// The newest write-ahead log record whose batch sled holds on disk, the

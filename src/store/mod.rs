@@ -95,6 +95,16 @@ pub enum Writes {
     Stopped(String),
 }
 
+impl std::fmt::Display for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Writes::Accepting => f.write_str("accepting"),
+            Writes::Refused(why) => write!(f, "refused: {why}"),
+            Writes::Stopped(why) => write!(f, "stopped: {why}"),
+        }
+    }
+}
+
 /// A cheap-to-clone handle to the store.
 #[derive(Clone)]
 pub struct Store {
@@ -113,8 +123,12 @@ struct Inner {
     meta: watch::Receiver<Meta>,
     /// Count of committed receipts; the writer holds the sender.
     receipts: watch::Receiver<u64>,
-    /// Whether alerts are accepted; the writer holds the sender.
+    /// Whether alerts are accepted; the writer (and
+    /// [`Store::refresh_writes`]) send on `writes_tx`.
     writes: watch::Receiver<Writes>,
+    writes_tx: Arc<watch::Sender<Writes>>,
+    failed: Arc<Mutex<Option<StoreError>>>,
+    space: Arc<space::Space>,
     /// Newest committed records. A std mutex: critical sections are a few
     /// pointer copies and never cross an `.await`.
     recent: Arc<Mutex<Recent>>,
@@ -131,6 +145,7 @@ impl Store {
     /// `config.wal.recovery` accepts it), or stored data is corrupt.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
         let (db, log, feeds) = open_sled(dir, &config)?;
+        check_identity(dir, &db, &log)?;
         let failed = Arc::new(Mutex::new(None));
         let (wal, recovered) = sled_guard(dir, || {
             wal::Wal::open(dir, &db, &log, config.wal, failed.clone())
@@ -145,6 +160,8 @@ impl Store {
         let (meta_tx, meta) = watch::channel(state.meta);
         let (receipts_tx, receipts) = watch::channel(0);
         let (writes_tx, writes) = watch::channel(Writes::Accepting);
+        let writes_tx = Arc::new(writes_tx);
+        let space = Arc::new(space::Space::new(dir, config.min_free_bytes));
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
         if let Some(event) = recovery_event(&recovered, &loaded) {
@@ -160,14 +177,14 @@ impl Store {
                 meta: meta_tx,
                 recent: recent.clone(),
                 receipts: receipts_tx,
-                writes: writes_tx,
             }),
             in_flusher: Arc::default(),
             state,
             max_batch: config.max_batch,
-            failed,
+            failed: failed.clone(),
             chain,
-            space: space::Space::new(dir, config.min_free_bytes),
+            space: space.clone(),
+            writes: writes_tx.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())
@@ -184,6 +201,9 @@ impl Store {
                 writes,
                 recent,
                 writer_thread: Mutex::new(Some(thread)),
+                writes_tx,
+                failed,
+                space,
             }),
         })
     }
@@ -282,6 +302,22 @@ impl Store {
     /// Whether the store accepts new alerts, and a receiver of changes.
     pub fn watch_writes(&self) -> watch::Receiver<Writes> {
         self.inner.writes.clone()
+    }
+
+    /// Measures free space now and tells readers whether alerts are
+    /// accepted (a refusal for want of space otherwise lifts only at the
+    /// next attempt to store one).
+    pub fn refresh_writes(&self) {
+        let _ = self.inner.space.check(true);
+        report_writes(&self.inner.failed, &self.inner.space, &self.inner.writes_tx);
+    }
+
+    /// Free bytes on the data directory's disk now, and the reserve.
+    pub fn disk(&self) -> (Option<u64>, u64) {
+        (
+            free_bytes(self.inner.space.dir()).ok(),
+            self.inner.space.reserve(),
+        )
     }
 
     /// Reads the record with sequence `seq`.
@@ -456,6 +492,34 @@ impl Store {
     }
 }
 
+/// Publishes whether alerts are accepted: not after a failure that stopped
+/// the writes, nor while the disk is below its reserve.
+fn report_writes(
+    failed: &Mutex<Option<StoreError>>,
+    space: &space::Space,
+    tx: &watch::Sender<Writes>,
+) {
+    let now = match (lock(failed).clone(), space.refusal()) {
+        (Some(e), _) => Writes::Stopped(e.to_string()),
+        (None, Some(low)) => Writes::Refused(low.to_string()),
+        (None, None) => Writes::Accepting,
+    };
+    tx.send_if_modified(|w| {
+        let changed = *w != now;
+        if changed {
+            let (refused, stopped) = match &now {
+                Writes::Accepting => (0.0, 0.0),
+                Writes::Refused(_) => (1.0, 0.0),
+                Writes::Stopped(_) => (0.0, 1.0),
+            };
+            metrics::gauge!(crate::metrics::WRITES_REFUSED, "reason" => "low_disk").set(refused);
+            metrics::gauge!(crate::metrics::WRITES_REFUSED, "reason" => "stopped").set(stopped);
+        }
+        *w = now;
+        changed
+    });
+}
+
 /// Locks a std mutex of the store. Its holders never leave the data half
 /// changed (critical sections are a few pointer copies or a swap), so a
 /// lock poisoned by a panic elsewhere still guards valid data.
@@ -491,6 +555,77 @@ fn open_sled(
         let feeds = db.open_tree("feeds")?;
         Ok((db, log, feeds))
     })
+}
+
+/// The file beside the database that names the store.
+const STORE_ID_FILE: &str = "store-id";
+
+/// Checks that the database is the one this directory was created with:
+/// sled silently opens damaged or replaced files as an empty (or older)
+/// database, which must not pass for a new store. A new store gets an
+/// identity, in the database and in `store-id` beside it.
+fn check_identity(dir: &Path, db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
+    let path = dir.join(STORE_ID_FILE);
+    let file = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().parse::<uuid::Uuid>().map_err(|_| {
+            damaged(
+                dir,
+                &format!("{} does not hold a store identity", path.display()),
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StoreError::io(path.display().to_string(), e)),
+    };
+    let stored = log
+        .get(keys::META_STORE_ID)?
+        .map(|v| uuid::Uuid::from_slice(&v))
+        .transpose()
+        .map_err(|_| damaged(dir, "the store's identity in the database is not readable"))?;
+    let id = match (file, stored) {
+        (Some(f), Some(s)) if f == s => return Ok(()),
+        (Some(f), Some(s)) => {
+            return Err(damaged(
+                dir,
+                &format!(
+                    "{} names store {f}, but the database belongs to store {s}",
+                    path.display()
+                ),
+            ));
+        }
+        (Some(f), None) => {
+            return Err(damaged(
+                dir,
+                &format!(
+                    "the database has lost its contents: {} names store {f}, and the database \
+                     holds nothing of it (its files were replaced or damaged)",
+                    path.display()
+                ),
+            ));
+        }
+        (None, Some(s)) => s,
+        (None, None) => {
+            let id = uuid::Uuid::new_v4();
+            log.insert(keys::META_STORE_ID, id.as_bytes())?;
+            db.flush()?;
+            id
+        }
+    };
+    write_durably(&path, format!("{}\n", id.hyphenated()).as_bytes())
+        .map_err(|e| StoreError::io(path.display().to_string(), e))
+}
+
+/// Writes a small file whole and makes it (and its name) durable.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// sled keeps its settings in `conf`, ending with a CRC32 of the rest; a

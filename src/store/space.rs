@@ -11,6 +11,7 @@
 //! no restart. The check is a `statvfs`, at most every 100 ms.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
@@ -20,10 +21,16 @@ use super::error::StoreError;
 /// How often free space is measured while alerts are being written.
 const EVERY: Duration = Duration::from_millis(100);
 
-/// The writer's view of the disk.
+/// The disk as the writer and the readers see it; shared by both (a std
+/// mutex: held for a comparison and, at most every 100 ms, a `statvfs`).
 pub struct Space {
     dir: PathBuf,
     reserve: u64,
+    state: Mutex<Measured>,
+}
+
+#[derive(Default)]
+struct Measured {
     checked: Option<Instant>,
     /// Free bytes when last measured below the reserve.
     low: Option<u64>,
@@ -34,29 +41,38 @@ impl Space {
         Space {
             dir: dir.to_owned(),
             reserve,
-            checked: None,
-            low: None,
+            state: Mutex::default(),
         }
     }
 
-    /// Whether new alerts may be stored.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether new alerts may be stored (measured again when the last
+    /// measurement is older than 100 ms, or when `now`).
     ///
     /// # Errors
     /// [`StoreError::LowDisk`] while free space is below the reserve.
-    pub fn check(&mut self) -> Result<(), StoreError> {
+    pub fn check(&self, now: bool) -> Result<(), StoreError> {
         if self.reserve == 0 {
             return Ok(());
         }
-        if self.checked.is_none_or(|t| t.elapsed() >= EVERY) {
-            self.checked = Some(Instant::now());
+        let mut state = super::lock(&self.state);
+        if now || state.checked.is_none_or(|t| t.elapsed() >= EVERY) {
+            state.checked = Some(Instant::now());
             match free_bytes(&self.dir) {
-                Ok(free) => self.observe(free),
+                Ok(free) => self.observe(&mut state, free),
                 // Not knowing is no reason to refuse; the writes themselves
                 // will say if the disk is full.
                 Err(e) => tracing::debug!(error = %e, "cannot measure free disk space"),
             }
         }
-        match self.low {
+        match state.low {
             Some(free) => Err(StoreError::LowDisk {
                 free,
                 reserve: self.reserve,
@@ -67,14 +83,17 @@ impl Space {
 
     /// The current refusal, if any (as of the last measurement).
     pub fn refusal(&self) -> Option<StoreError> {
-        self.low.map(|free| StoreError::LowDisk {
-            free,
-            reserve: self.reserve,
-        })
+        super::lock(&self.state)
+            .low
+            .map(|free| StoreError::LowDisk {
+                free,
+                reserve: self.reserve,
+            })
     }
 
-    fn observe(&mut self, free: u64) {
-        match (self.low, free < self.reserve) {
+    fn observe(&self, state: &mut Measured, free: u64) {
+        metrics::gauge!(crate::metrics::DISK_FREE_BYTES).set(free as f64);
+        match (state.low, free < self.reserve) {
             (None, true) => error!(
                 free,
                 reserve = self.reserve,
@@ -88,7 +107,7 @@ impl Space {
             ),
             _ => {}
         }
-        self.low = (free < self.reserve).then_some(free);
+        state.low = (free < self.reserve).then_some(free);
     }
 }
 
@@ -118,17 +137,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
-        let mut none = Space::new(dir.path(), 0);
-        assert!(none.check().is_ok());
-        let mut space = Space::new(dir.path(), 1 << 20);
-        space.observe(1 << 10);
-        space.checked = Some(Instant::now());
+        let none = Space::new(dir.path(), 0);
+        assert!(none.check(true).is_ok());
+        let space = Space::new(dir.path(), 1 << 20);
+        {
+            let mut state = space.state.lock().unwrap();
+            space.observe(&mut state, 1 << 10);
+            state.checked = Some(Instant::now());
+        }
         assert!(matches!(
-            space.check(),
+            space.check(false),
             Err(StoreError::LowDisk { free: 1024, .. })
         ));
-        space.observe(2 << 20);
-        assert!(space.check().is_ok());
+        space.observe(&mut space.state.lock().unwrap(), 2 << 20);
+        assert!(space.check(false).is_ok());
         assert!(space.refusal().is_none());
+        // Asked to measure now, it finds the real disk above a small reserve.
+        assert!(space.check(true).is_ok());
     }
 }

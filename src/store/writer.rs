@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
 use super::chain::Chain;
@@ -71,7 +71,9 @@ pub struct Writer {
     pub failed: Arc<Mutex<Option<StoreError>>>,
     /// The head of the audit chain.
     pub chain: Chain,
-    pub space: Space,
+    pub space: Arc<Space>,
+    /// Whether alerts are accepted, for readers; shared with the handle.
+    pub writes: Arc<watch::Sender<super::Writes>>,
 }
 
 impl Writer {
@@ -299,16 +301,7 @@ impl Writer {
 
     /// Tells readers (health, admin, metrics) whether alerts are accepted.
     fn report_writes(&self) {
-        let now = match (lock(&self.failed).clone(), self.space.refusal()) {
-            (Some(e), _) => super::Writes::Stopped(e.to_string()),
-            (None, Some(low)) => super::Writes::Refused(low.to_string()),
-            (None, None) => super::Writes::Accepting,
-        };
-        self.outlet.writes.send_if_modified(|w| {
-            let changed = *w != now;
-            *w = now;
-            changed
-        });
+        super::report_writes(&self.failed, &self.space, &self.writes);
     }
 
     fn stage_append(
@@ -328,7 +321,7 @@ impl Writer {
             return Ok(stored);
         }
         // A duplicate is answered even on a full disk; a new alert is not.
-        self.space.check()?;
+        self.space.check(false)?;
         let seq = self.state.meta.next_seq;
         // Receive times never decrease, so time order is sequence order.
         let us = micros(SystemTime::now()).max(self.state.last_received_us);

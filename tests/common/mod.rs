@@ -324,6 +324,11 @@ impl Drop for ServeProcess {
 
 impl ServeProcess {
     pub fn start(certs: &Path, data: &Path) -> ServeProcess {
+        Self::spawn(Self::command(certs, data))
+    }
+
+    /// The `liaison serve` command line these tests use.
+    pub fn command(certs: &Path, data: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
         cmd.args([
             "serve",
@@ -338,7 +343,7 @@ impl ServeProcess {
         .arg(certs)
         .arg("--data")
         .arg(data);
-        Self::spawn(cmd)
+        cmd
     }
 
     /// Spawns a prepared `liaison serve` command and waits until it listens.
@@ -350,6 +355,56 @@ impl ServeProcess {
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, and the exit status once it has stopped.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        wait_bounded(&mut self.child)
+    }
+}
+
+/// Runs a command that must exit by itself (within [`PATIENCE`]); returns
+/// its status and what it wrote to standard error, with its standard
+/// output after it.
+pub fn run_to_exit(mut cmd: Command) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let read = |mut from: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = from.read_to_string(&mut text);
+            text
+        })
+    };
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let status = wait_bounded(&mut child);
+    let text = stderr.join().expect("stderr reader") + &stdout.join().expect("stdout reader");
+    (status, text)
+}
+
+/// Waits for a child to exit, killing it (and failing the test) when it
+/// is still running after [`PATIENCE`].
+fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -18,9 +18,9 @@ use crate::store::command::Reply;
 use crate::store::error::StoreError;
 use crate::store::{keys, lock};
 
-/// How often sled is flushed when nothing asks for it: bounds what a crash
-/// can take of the state written outside the WAL (feed cursors), and how
-/// much a restart replays.
+/// How often sled is flushed when nothing asks for it, by default: bounds
+/// what a crash can take of the state written outside the WAL (feed
+/// cursors), and how much a restart replays.
 pub const EVERY: Duration = Duration::from_secs(1);
 
 /// What the appending side shares with the checkpointer and the flusher.
@@ -86,7 +86,7 @@ pub fn decode(v: Option<&[u8]>) -> Checkpoint {
     }
 }
 
-/// The checkpointer thread: on request (and every [`EVERY`]) records the
+/// The checkpointer thread: on request (and every `every`) records the
 /// newest fully applied LSN and flushes sled; returns checkpointed files to
 /// `spare`.
 ///
@@ -96,6 +96,7 @@ pub fn decode(v: Option<&[u8]>) -> Checkpoint {
 /// so that a power cut cannot leave part of a group without the record
 /// that completes it.
 pub fn run(
+    every: Duration,
     db: &sled::Db,
     log: &sled::Tree,
     rx: &Receiver<Request>,
@@ -105,7 +106,7 @@ pub fn run(
 ) {
     let mut recorded: Option<[u8; 13]> = None;
     loop {
-        let mut requests = match rx.recv_timeout(EVERY) {
+        let mut requests = match rx.recv_timeout(every) {
             Ok(c) => vec![c],
             Err(RecvTimeoutError::Timeout) => Vec::new(),
             Err(RecvTimeoutError::Disconnected) => return,

@@ -61,6 +61,8 @@ const MARKER_ROOM: u64 = (frame::RECORD_HEADER + 64) as u64;
 pub struct WalConfig {
     pub file_bytes: u64,
     pub recovery: Mode,
+    /// How often sled is flushed (a checkpoint) when nothing asks for it.
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl Default for WalConfig {
@@ -68,6 +70,7 @@ impl Default for WalConfig {
         Self {
             file_bytes: FILE_BYTES,
             recovery: Mode::Strict,
+            checkpoint_every: checkpoint::EVERY,
         }
     }
 }
@@ -198,7 +201,17 @@ impl Wal {
             );
             std::thread::Builder::new()
                 .name("liaison-store-ckpt".into())
-                .spawn(move || checkpoint::run(&db, &log, &rx, &spare, &shared, &failed))
+                .spawn(move || {
+                    checkpoint::run(
+                        config.checkpoint_every,
+                        &db,
+                        &log,
+                        &rx,
+                        &spare,
+                        &shared,
+                        &failed,
+                    )
+                })
                 .map_err(|e| StoreError::io("starting the checkpointer thread", e))?
         };
         let wal = Wal {

@@ -304,7 +304,7 @@ fn next_record(bytes: &[u8], from: usize, above: u64) -> Option<usize> {
         // header of zeros, so one may start at most a header before the
         // first byte that is not zero.
         let page = (at + PAGE).min(bytes.len());
-        if bytes[at..page] == ZEROS[..page - at] {
+        if bytes[at] == 0 && bytes[at..page] == ZEROS[..page - at] {
             at = page.saturating_sub(RECORD_HEADER - 1).max(at + 1);
             if page == bytes.len() {
                 return None;
