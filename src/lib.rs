@@ -12,9 +12,9 @@
 //! | [`filter`], [`marking`] | what a feed wants, and what the markings let a node see |
 //! | [`policy`] | the sharing policy file: roles, publish rights, bilateral agreements |
 //! | [`receipt`], [`audit`] | delivered/acknowledged receipts; the hash-chained audit trail |
-//! | [`store`] | sled: the log, its indexes, feed cursors; group commit (only module touching sled) |
+//! | [`store`] | sled: the log, its indexes, feed cursors; the write-ahead log and group commit (only module touching sled) |
 //! | [`broker`] | the core: publish, history, feeds with at-least-once delivery, retention |
-//! | [`grpc`] | the thin tonic adapter: identity from the connection, protobuf ⇄ core, errors ⇄ status |
+//! | [`grpc`] | every tonic service and their shared setup: identity from the connection, protobuf ⇄ core, errors ⇄ status |
 //! | [`server`] | `run(listener, config, shutdown)`: wires it all together |
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`client`] | connecting to a broker as a node |
@@ -26,9 +26,10 @@
 //! handshake and parsed the caller's [`identity::NodeId`] from its certificate;
 //! [`grpc`] reads it from the request, [`alert::validate`] checks every field
 //! and sets the origin, and [`broker::Broker::publish`] hands the alert to the
-//! [`store`]'s writer thread. The writer batches every pending alert into one
-//! atomic sled batch, flushes once, and only then acknowledges all of them and
-//! advances the head `watch`. Each open feed task (in [`broker`]) wakes on the
+//! [`store`]'s writer thread. The writer stages every pending command as one
+//! group, writes it as one record of the write-ahead log and applies it to
+//! sled; one `fdatasync` makes every group waiting durable, and only then
+//! are they acknowledged and the head `watch` advanced. Each open feed task (in [`broker`]) wakes on the
 //! head, reads the new records by sequence, applies its [`filter`] and the
 //! [`marking`] rules for its owner, and delivers them; the subscriber's acks
 //! move the feed's persisted cursor.
