@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::broker::{Broker, BrokerConfig};
+use crate::broker::{Broker, BrokerConfig, BrokerError};
 use crate::grpc::{self, AdminService};
 use crate::proto::admin_server::AdminServer;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -31,11 +31,9 @@ pub struct ServeConfig {
     /// How long a new connection may take to finish its TLS handshake and
     /// to send its HTTP/2 preface.
     pub connection_timeouts: tls::Timeouts,
-    /// The sharing policy file; `None` runs open (development).
+    /// The sharing policy file; `None` runs open (development). Reloaded
+    /// on SIGHUP and `Admin.ReloadPolicy`.
     pub policy_file: Option<PathBuf>,
-    /// How often the policy file is checked for changes (SIGHUP reloads at
-    /// once).
-    pub policy_poll: Duration,
     /// How often the TLS files (CA, certificate, key, and `ca.crl` beside
     /// the CA) are checked for changes (SIGHUP reloads at once).
     pub tls_poll: Duration,
@@ -51,7 +49,6 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             connection_timeouts: tls::Timeouts::default(),
             policy_file: None,
-            policy_poll: Duration::from_secs(2),
             tls_poll: Duration::from_secs(2),
         }
     }
@@ -120,6 +117,7 @@ pub async fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Op
     })?;
     let mut broker_config = config.broker.clone();
     broker_config.policy = Arc::new(policy);
+    broker_config.policy_file.clone_from(&config.policy_file);
     let broker = Broker::new(store.clone(), broker_config, shutdown.child_token());
     Ok(Opened {
         config,
@@ -214,8 +212,8 @@ impl Opened {
     }
 }
 
-/// Records the policy in force and starts watching its file (or, without
-/// one, keeps SIGHUP from killing the broker).
+/// Records the policy in force and reloads it on SIGHUP (also harmless
+/// without a policy file).
 async fn start_policy(
     broker: &Broker,
     config: &ServeConfig,
@@ -223,27 +221,12 @@ async fn start_policy(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    match (&config.policy_file, text) {
-        (Some(path), Some(text)) => {
-            broker
-                .set_policy(
-                    (*broker.policy()).clone(),
-                    &path.display().to_string(),
-                    &text,
-                )
-                .await;
-            tasks.spawn(watch_policy_file(
-                broker.clone(),
-                path.clone(),
-                text.into_bytes(),
-                config.policy_poll,
-                shutdown.child_token(),
-            ));
-        }
-        _ => {
-            tasks.spawn(ignore_hangup(shutdown.child_token()));
-        }
+    if let (Some(path), Some(text)) = (&config.policy_file, text) {
+        broker
+            .policy_at_start(&path.display().to_string(), &text)
+            .await;
     }
+    tasks.spawn(reload_on_hangup(broker.clone(), shutdown.child_token()));
 }
 
 /// What the accept loop reports: refused handshakes go to the audit trail,
@@ -265,70 +248,23 @@ fn handshake_hooks(
     }
 }
 
-/// Reloads the policy file when it changes or on SIGHUP. A file that does
-/// not parse is refused (logged and audited); the old policy stays.
-async fn watch_policy_file(
-    broker: Broker,
-    path: PathBuf,
-    loaded: Vec<u8>,
-    poll: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    // What is in force, and a changed file seen once: a change is taken only
-    // when two polls read the same bytes, so a file caught half-written is
-    // never applied (SIGHUP, sent after writing, applies at once).
-    let mut last = Some(loaded);
-    let mut candidate: Option<Vec<u8>> = None;
-    let mut tick = tokio::time::interval(poll);
+/// Reloads the policy file at every SIGHUP (the TLS files are re-read
+/// then too, by their own watcher). Never because the file changed: an
+/// editor's half-saved file must not become the policy.
+async fn reload_on_hangup(broker: Broker, shutdown: CancellationToken) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
     loop {
-        let forced = tokio::select! {
+        tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        let source = path.display().to_string();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                if forced || last.is_some() {
-                    broker
-                        .policy_rejected(&source, &format!("cannot read it: {e}"))
-                        .await;
-                }
-                last = None;
-                continue;
-            }
-        };
-        if !forced && last.as_deref() == Some(bytes.as_slice()) {
-            candidate = None;
-            continue;
+            _ = hangup.recv() => {}
         }
-        if !forced && candidate.as_deref() != Some(bytes.as_slice()) {
-            candidate = Some(bytes);
-            continue;
-        }
-        candidate = None;
-        last = Some(bytes.clone());
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(_) => {
-                broker
-                    .policy_rejected(&source, "the file is not UTF-8 text")
-                    .await;
-                continue;
-            }
-        };
-        match crate::policy::parse(&text) {
-            Ok(policy) => broker.set_policy(policy, &source, &text).await,
-            Err(errors) => {
-                let reason = errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                broker.policy_rejected(&source, &reason).await;
-            }
+        match broker.reload_policy().await {
+            // Logged and audited by the core.
+            Ok(_) | Err(BrokerError::PolicyRefused { .. }) => {}
+            Err(e) => info!("SIGHUP: {e}"),
         }
     }
 }
@@ -413,18 +349,4 @@ fn revoked_serials(
     }
     let (entries, _) = crate::pki::read_crl(path)?;
     Ok(entries.into_iter().map(|(serial, _)| serial).collect())
-}
-
-/// Logs SIGHUP (there is no policy file to reload) instead of dying of it.
-async fn ignore_hangup(shutdown: CancellationToken) {
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = hangup.recv() => info!("SIGHUP: no policy file (--policy) to reload"),
-        }
-    }
 }

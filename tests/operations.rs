@@ -145,6 +145,8 @@ async fn the_metrics_endpoint_counts_what_happens() {
 }
 
 const POLICY: &str = r#"
+# One country: nothing crosses a border here.
+no_agreements = true
 [[node]]
 match = "TJ"
 role = "post"

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use liaison::proto as pb;
@@ -36,11 +34,31 @@ role = "liaison_office"
 match = "UZ"
 role = "liaison_office"
 
+[[node]]
+match = "urn:liaison:TJ:border-guard:admin"
+role = "administrator"
+subscribe = false
+
 [[agreement]]
 between = ["TJ", "AF"]
 categories = ["drugs"]
 max_tlp = "amber"
 "#;
+
+const ADMIN: &str = "urn:liaison:TJ:border-guard:admin";
+
+/// Asks the broker, as its administrator, to read its policy file again.
+async fn reload(broker: &TestBroker) -> Result<pb::PolicyChange, tonic::Status> {
+    let channel = liaison::client::endpoint(&broker.url(), Some(&broker.pki.node(ADMIN)))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    pb::admin_client::AdminClient::new(channel)
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
 
 async fn with_policy(text: &str) -> (TestBroker, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
@@ -48,7 +66,6 @@ async fn with_policy(text: &str) -> (TestBroker, tempfile::TempDir) {
     std::fs::write(&path, text).expect("write policy");
     let broker = TestBroker::start_with(|c| {
         c.policy_file = Some(path);
-        c.policy_poll = Duration::from_millis(50);
     })
     .await;
     (broker, dir)
@@ -119,7 +136,7 @@ async fn the_policy_decides_who_publishes_what_and_what_crosses_a_border() {
 }
 
 #[tokio::test]
-async fn a_changed_policy_file_takes_effect_and_a_bad_one_is_refused() {
+async fn a_changed_policy_file_takes_effect_only_when_reloaded_and_a_bad_one_is_refused() {
     let (broker, dir) = with_policy(POLICY).await;
     let path = dir.path().join("policy.toml");
     let mut post = broker.client(TJ_POST).await;
@@ -128,78 +145,82 @@ async fn a_changed_policy_file_takes_effect_and_a_bad_one_is_refused() {
     };
     assert!(post.publish(arms()).await.is_err());
 
+    // A changed file is not in force until the operator says so.
     std::fs::write(
         &path,
         POLICY.replace(r#"publish = ["drugs"]"#, r#"publish = ["drugs", "arms"]"#),
     )
     .expect("write");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while post.publish(arms()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new policy never took effect"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(post.publish(arms()).await.is_err(), "reloaded by itself");
+    let change = reload(&broker).await.expect("reloaded");
+    assert_eq!(
+        change.changed,
+        [
+            "node TJ:border-guard (post, publishes drugs, subscribes) → node TJ:border-guard (post, publishes drugs,arms, subscribes)"
+        ]
+    );
+    assert!(change.added.is_empty() && change.removed.is_empty());
+    post.publish(arms())
+        .await
+        .expect("the new policy is in force");
+    // The audit trail keeps what changed.
+    let reloaded = audit_details(&broker, "policy_reloaded").await;
+    assert!(
+        reloaded
+            .last()
+            .is_some_and(|d| d.contains("~node TJ:border-guard")),
+        "{reloaded:?}"
+    );
 
-    // A broken file is refused; the policy in force stays.
-    std::fs::write(&path, "[[node]]\nmatch = \"TJ\"\nrole = \"emperor\"\n").expect("write");
-    let mut admin_view = broker.client(TJ_POST).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        // Still allowed under the previous (good) policy.
-        admin_view
-            .publish(arms())
+    // A broken, an empty and a half-written file are refused; the policy in
+    // force stays.
+    let half = POLICY
+        .split("[[agreement]]")
+        .next()
+        .expect("first half")
+        .to_owned();
+    for (bad, expected) in [
+        (
+            "[[node]]\nmatch = \"TJ\"\nrole = \"emperor\"\n".to_owned(),
+            "emperor",
+        ),
+        (String::new(), "no_nodes = true"),
+        (half, "no [[agreement]]"),
+    ] {
+        std::fs::write(&path, &bad).expect("write");
+        let refused = reload(&broker).await.expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains(expected), "{refused:?}");
+        post.publish(arms())
             .await
             .expect("old policy still in force");
-        if audit_kinds(&broker)
-            .await
-            .iter()
-            .any(|k| k == "policy_rejected")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bad file was never examined"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    admin_view
-        .publish(arms())
+    assert_eq!(audit_details(&broker, "policy_rejected").await.len(), 3);
+}
+
+/// The details of the audit records of `kind` so far.
+async fn audit_details(broker: &TestBroker, kind: &str) -> Vec<String> {
+    let channel = liaison::client::endpoint(&broker.url(), Some(&broker.pki.node(ADMIN)))
+        .expect("endpoint")
+        .connect()
         .await
-        .expect("old policy still in force after the refusal");
-}
-
-/// Kinds of the audit records so far, read from a copy of the running
-/// broker's data directory (crash-consistent: every commit is flushed, and
-/// sled opens such a copy as after a crash).
-async fn audit_kinds(broker: &TestBroker) -> Vec<String> {
-    let snapshot = tempfile::tempdir().expect("tmp");
-    copy_dir(&broker.data_dir(), snapshot.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_liaison"))
-        .args(["audit", "export", "--data"])
-        .arg(snapshot.path())
-        .output()
-        .expect("audit export");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["kind"].as_str().map(str::to_owned))
-        .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
+        .expect("connect");
+    let mut trail = pb::admin_client::AdminClient::new(channel)
+        .audit(pb::AdminAuditRequest { from_seq: 1 })
+        .await
+        .expect("audit")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = trail.message().await.expect("entry") {
+        if e.kind == kind {
+            out.push(e.detail);
         }
     }
+    out
 }
 
 #[tokio::test]
@@ -403,6 +424,11 @@ async fn a_node_removed_from_the_policy_loses_its_open_feed() {
         POLICY.replace("[[node]]\nmatch = \"AF\"\nrole = \"liaison_office\"\n", ""),
     )
     .expect("write");
+    let change = reload(&broker).await.expect("reloaded");
+    assert_eq!(
+        change.removed,
+        ["node AF (liaison_office, publishes *, subscribes)"]
+    );
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         // The new policy ends the feed even when its window is full of

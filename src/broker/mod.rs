@@ -18,6 +18,7 @@ use tracing::{debug, info};
 pub use admin::{FeedView, LogStats};
 pub use feed::{FeedEnd, FeedEvent, FeedHandle, FeedOpened, FeedSpec, Start};
 pub use retention::Retention;
+pub use sharing::PolicyChange;
 
 use crate::alert::{self, Alert, AlertId, Limits, Record, Rejection, Seq};
 use crate::filter::Filter;
@@ -38,6 +39,10 @@ pub enum BrokerError {
     ShuttingDown,
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error("the broker runs without a policy file (--policy); there is nothing to reload")]
+    NoPolicyFile,
+    #[error("the policy file {file} was refused; the policy in force stays: {}", errors.join("; "))]
+    PolicyRefused { file: String, errors: Vec<String> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,6 +57,8 @@ pub struct BrokerConfig {
     pub outbox: Option<OutboxLimits>,
     /// The sharing policy in force at start (open when there is no file).
     pub policy: Arc<Policy>,
+    /// The file it came from, read again on a reload.
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +68,7 @@ impl Default for BrokerConfig {
             retention: Retention::default(),
             outbox: None,
             policy: Arc::new(Policy::open()),
+            policy_file: None,
         }
     }
 }

@@ -13,8 +13,26 @@ use super::{Broker, BrokerError};
 use crate::alert::AlertId;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::identity::NodeId;
-use crate::policy::{Denied, Policy};
+use crate::policy::{Denied, Policy, PolicyDiff, PolicyError};
 use crate::receipt::{Receipt, ReceiptKind};
+
+/// What a policy reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// The file it came from.
+    pub source: String,
+    /// SHA-256 of the file's text, hex.
+    pub sha256: String,
+    /// What changed (empty: the file says what is in force already).
+    pub diff: PolicyDiff,
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Longest note of an acknowledgement, in bytes.
 const MAX_NOTE: usize = 1024;
@@ -30,17 +48,82 @@ impl Broker {
         self.inner.policy.subscribe()
     }
 
-    /// Puts a new policy in force and records it in the audit trail with a
-    /// digest of its source text.
-    pub async fn set_policy(&self, policy: Policy, source: &str, text: &str) {
-        let digest: String = Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    /// Records the policy the broker starts with (from `source`) in the
+    /// audit trail, with a digest of its text.
+    pub async fn policy_at_start(&self, source: &str, text: &str) {
+        let digest = sha256_hex(text);
         info!(%source, sha256 = %digest, "sharing policy in force");
+        self.audit_policy(format!("{source} sha256 {digest}; at start"))
+            .await;
+    }
+
+    /// Reads the policy file again and puts it in force, unless it is not
+    /// valid (then the policy in force stays, and the refusal is audited).
+    /// Reloading happens only on request (SIGHUP, `Admin.ReloadPolicy`),
+    /// never because the file changed: an editor's half-saved file must
+    /// not become the policy.
+    ///
+    /// # Errors
+    /// [`BrokerError::NoPolicyFile`] when the broker runs without one;
+    /// [`BrokerError::PolicyRefused`] when the file cannot be read or is
+    /// not a valid policy.
+    pub async fn reload_policy(&self) -> Result<PolicyChange, BrokerError> {
+        let Some(path) = self.inner.config.policy_file.clone() else {
+            return Err(BrokerError::NoPolicyFile);
+        };
+        let source = path.display().to_string();
+        let text = match std::fs::read(&path).map(String::from_utf8) {
+            Ok(Ok(text)) => text,
+            Ok(Err(_)) => {
+                return Err(self
+                    .policy_rejected(&source, vec!["the file is not UTF-8 text".into()])
+                    .await);
+            }
+            Err(e) => {
+                return Err(self
+                    .policy_rejected(&source, vec![format!("cannot read it: {e}")])
+                    .await);
+            }
+        };
+        let policy = match crate::policy::parse(&text) {
+            Ok(p) => p,
+            Err(errors) => {
+                let errors = errors.iter().map(ToString::to_string).collect();
+                return Err(self.policy_rejected(&source, errors).await);
+            }
+        };
+        let change = PolicyChange {
+            diff: crate::policy::diff(&self.policy(), &policy),
+            sha256: sha256_hex(&text),
+            source,
+        };
+        if change.diff.is_empty() {
+            info!(source = %change.source, "sharing policy reloaded: no change");
+            return Ok(change);
+        }
+        info!(source = %change.source, sha256 = %change.sha256, change = %change.diff, "sharing policy reloaded");
         // The record first: nothing decided under the new policy can come
         // before it in the audit trail.
-        let detail = format!("{source} sha256 {digest}");
+        self.audit_policy(format!(
+            "{} sha256 {}; {}",
+            change.source, change.sha256, change.diff
+        ))
+        .await;
+        self.inner.policy.send_replace(Arc::new(policy));
+        Ok(change)
+    }
+
+    /// What a policy file's text would change against the policy in force,
+    /// without changing anything.
+    ///
+    /// # Errors
+    /// Every problem of the text, each with its line.
+    pub fn check_policy(&self, text: &str) -> Result<PolicyDiff, Vec<PolicyError>> {
+        let policy = crate::policy::parse(text)?;
+        Ok(crate::policy::diff(&self.policy(), &policy))
+    }
+
+    async fn audit_policy(&self, detail: String) {
         self.inner
             .store
             .audit(AuditEvent::new(
@@ -50,22 +133,26 @@ impl Broker {
                 detail,
             ))
             .await;
-        self.inner.policy.send_replace(Arc::new(policy));
     }
 
-    /// Records that a new policy file was refused (the old one stays).
-    pub async fn policy_rejected(&self, source: &str, reason: &str) {
+    /// Records that a new policy file was refused (the old one stays) and
+    /// returns the refusal.
+    async fn policy_rejected(&self, source: &str, errors: Vec<String>) -> BrokerError {
+        let reason = errors.join("; ");
         warn!(%source, %reason, "new policy refused; the previous policy stays in force");
-        let detail = format!("{source}: {reason}");
         self.inner
             .store
             .audit(AuditEvent::new(
                 AuditKind::PolicyRejected,
                 "broker",
                 None,
-                detail,
+                format!("{source}: {reason}"),
             ))
             .await;
+        BrokerError::PolicyRefused {
+            file: source.to_owned(),
+            errors,
+        }
     }
 
     /// Records a policy refusal and returns it as an error.

@@ -219,7 +219,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check { file, kind }) => check_config(&file, kind),
         Command::Health(args) => admin::health(args).await,
         Command::Receipts(args) => sharing::receipts(args).await,
-        Command::Policy(cmd) => sharing::policy(cmd),
+        Command::Policy(cmd) => sharing::policy(cmd).await,
         Command::Audit(cmd) => sharing::audit(cmd).await,
     }
 }

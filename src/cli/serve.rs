@@ -44,7 +44,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     pub retain_bytes: u64,
     /// Sharing policy file (TOML; see policy.example.toml). Without it the
-    /// broker runs open, for development. Reloaded on change and on SIGHUP.
+    /// broker runs open, for development. Read again on SIGHUP and `liaison
+    /// policy reload`, never because the file changed.
     #[arg(long, env = "LIAISON_POLICY")]
     pub policy: Option<PathBuf>,
     /// Prometheus metrics endpoint ("off" to disable).
@@ -151,7 +152,11 @@ fn ensure_dev_pki(dir: &Path, listen: &SocketAddr) -> Result<()> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
-    ensure_dev_pki(&args.certs, &args.listen)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    ensure_dev_pki(&args.certs, &addr)?;
     let mut config = ServeConfig::new(
         TlsFiles::in_dir(&args.certs, pki::BROKER_NAME),
         args.data.clone(),
@@ -169,10 +174,6 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     if !args.data.exists() {
         warn!(data = %args.data.display(), "no data directory: creating a new, empty store");
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let opened = server::open(config, shutdown.clone()).await?;

@@ -19,10 +19,31 @@ use crate::store::{Store, StoreConfig};
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file; every error is explained with its line.
-    Check {
-        /// The policy file (TOML).
-        file: PathBuf,
+    /// With --broker, also show what it would change against the policy in
+    /// force there (nodes and agreements added, removed, changed).
+    Check(PolicyCheckArgs),
+    /// Make a running broker read its policy file again and put it in
+    /// force (as SIGHUP does); prints what changed. Administrators only.
+    Reload {
+        #[command(flatten)]
+        conn: ConnArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file (TOML).
+    pub file: PathBuf,
+    /// A running broker to compare with (needs an administrator's
+    /// certificate: --certs D --name N).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// PKI directory (with --broker).
+    #[arg(long, env = "LIAISON_CERTS")]
+    pub certs: Option<PathBuf>,
+    /// Node name inside --certs (with --broker).
+    #[arg(long, env = "LIAISON_NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -70,26 +91,86 @@ pub enum AuditCommand {
     },
 }
 
-pub fn policy(cmd: PolicyCommand) -> Result<ExitCode> {
-    let PolicyCommand::Check { file } = cmd;
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    match crate::policy::parse(&text) {
-        Ok(p) => {
-            println!(
-                "{}: valid ({} agreements)",
-                file.display(),
-                p.agreements().len()
-            );
+pub async fn policy(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check(args) => policy_check(args).await,
+        PolicyCommand::Reload { conn } => {
+            let change = admin_client(&conn)
+                .await?
+                .reload_policy(pb::ReloadPolicyRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{} (sha256 {}): reloaded", change.source, change.sha256);
+            print_change(&change);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode> {
+    let file = &args.file;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let policy = match crate::policy::parse(&text) {
+        Ok(p) => p,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{}:{}: {}", file.display(), e.line, e.message);
             }
             eprintln!("{}: {} error(s); not valid", file.display(), errors.len());
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
+    };
+    println!(
+        "{}: valid ({} nodes, {} agreements)",
+        file.display(),
+        policy.rules().len(),
+        policy.agreements().len()
+    );
+    if let Some(broker) = args.broker {
+        let conn = ConnArgs {
+            broker: broker.clone(),
+            certs: args.certs,
+            name: args.name,
+            ca: None,
+            cert: None,
+            key: None,
+        };
+        let change = admin_client(&conn)
+            .await?
+            .check_policy(pb::CheckPolicyRequest { text })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        println!("against the policy in force at {broker}:");
+        print_change(&change);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin_client(
+    conn: &ConnArgs,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    let channel = crate::client::endpoint(&conn.broker, conn.tls_files()?.as_ref())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", conn.broker))?;
+    Ok(pb::admin_client::AdminClient::new(channel))
+}
+
+fn print_change(change: &pb::PolicyChange) {
+    if change.added.is_empty() && change.removed.is_empty() && change.changed.is_empty() {
+        println!("  no change");
+    }
+    for a in &change.added {
+        println!("  + {a}");
+    }
+    for r in &change.removed {
+        println!("  - {r}");
+    }
+    for c in &change.changed {
+        println!("  ~ {c}");
     }
 }
 

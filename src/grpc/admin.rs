@@ -39,6 +39,20 @@ impl AdminService {
     }
 }
 
+fn change_proto(
+    diff: crate::policy::PolicyDiff,
+    source: String,
+    sha256: String,
+) -> pb::PolicyChange {
+    pb::PolicyChange {
+        added: diff.added,
+        removed: diff.removed,
+        changed: diff.changed,
+        source,
+        sha256,
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -118,6 +132,38 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::AdminFeedsResponse { feeds }))
+    }
+
+    async fn check_policy(
+        &self,
+        req: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::PolicyChange>, Status> {
+        self.authorise(&req).await?;
+        let diff = self
+            .broker
+            .check_policy(&req.get_ref().text)
+            .map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                Status::invalid_argument(format!("not a valid policy: {}", lines.join("; ")))
+            })?;
+        Ok(Response::new(change_proto(
+            diff,
+            String::new(),
+            String::new(),
+        )))
+    }
+
+    async fn reload_policy(
+        &self,
+        req: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::PolicyChange>, Status> {
+        self.authorise(&req).await?;
+        let change = self.broker.reload_policy().await?;
+        Ok(Response::new(change_proto(
+            change.diff,
+            change.source,
+            change.sha256,
+        )))
     }
 
     async fn nodes(

@@ -16,6 +16,9 @@ impl From<BrokerError> for Status {
             BrokerError::Denied(d) => Status::permission_denied(d.to_string()),
             BrokerError::TakenOver => Status::aborted(e.to_string()),
             BrokerError::ShuttingDown => Status::unavailable(e.to_string()),
+            BrokerError::NoPolicyFile | BrokerError::PolicyRefused { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
             BrokerError::Store(e) => e.into(),
         }
     }

@@ -31,6 +31,12 @@ struct RawFile {
     node: Vec<RawNode>,
     #[serde(default)]
     agreement: Vec<RawAgreement>,
+    /// The file means to name no node (every node is refused).
+    #[serde(default)]
+    no_nodes: bool,
+    /// The file means to have no agreement (nothing crosses a border).
+    #[serde(default)]
+    no_agreements: bool,
 }
 
 #[derive(Deserialize)]
@@ -267,6 +273,25 @@ pub fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
         .iter()
         .filter_map(|a| checker.agreement(a))
         .collect();
+    // An empty or cut file must not pass for a policy: one that refuses
+    // every node, or lets nothing cross a border, says so.
+    let end = text.lines().count().max(1);
+    if raw.node.is_empty() && !raw.no_nodes {
+        checker.errors.push(PolicyError {
+            line: end,
+            message: "the file names no [[node]], so every node would be refused; if that is \
+                      what you mean, say `no_nodes = true`"
+                .into(),
+        });
+    }
+    if raw.agreement.is_empty() && !raw.no_agreements {
+        checker.errors.push(PolicyError {
+            line: end,
+            message: "the file has no [[agreement]], so nothing would cross a border; if that \
+                      is what you mean, say `no_agreements = true`"
+                .into(),
+        });
+    }
     if checker.errors.is_empty() {
         Ok(Policy::new(rules, agreements))
     } else {
@@ -340,6 +365,24 @@ max_tlp = "purple"
         assert_eq!(lines, [3, 4, 9, 12, 14], "{errors:?}");
         assert!(errors[1].message.contains("boss"));
         assert!(errors[2].message.contains("drugz"));
+    }
+
+    #[test]
+    fn an_empty_or_cut_file_is_not_a_policy_unless_it_says_so() {
+        let errors = parse("").expect_err("empty");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].message.contains("no_nodes = true"));
+        assert!(errors[1].message.contains("no_agreements = true"));
+        // The first half of a file: its nodes but none of its agreements.
+        let half = GOOD.split("[[agreement]]").next().unwrap();
+        let errors = parse(half).expect_err("cut before the agreements");
+        assert!(errors[0].message.contains("no [[agreement]]"), "{errors:?}");
+        let deliberate = parse("no_nodes = true\nno_agreements = true\n").expect("said so");
+        assert!(
+            deliberate
+                .may_subscribe(&"urn:liaison:TJ:a:b".parse().unwrap())
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,10 +14,12 @@
 //!    not TLP:CLEAR: an agreement between the two countries must cover the
 //!    category, allow the TLP level, and accept every handling code.
 
+mod diff;
 mod file;
 
 use std::fmt;
 
+pub use diff::{PolicyDiff, diff};
 pub use file::{PolicyError, parse};
 
 use crate::alert::Alert;
@@ -171,6 +173,11 @@ impl Policy {
 
     pub fn agreements(&self) -> &[Agreement] {
         &self.agreements
+    }
+
+    /// The node rules (none for the open policy).
+    pub fn rules(&self) -> &[Rule] {
+        self.rules.as_deref().unwrap_or_default()
     }
 
     /// The most specific rule for `node`.
