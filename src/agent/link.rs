@@ -26,6 +26,9 @@ pub struct LinkConfig {
     pub ack_timeout: Duration,
     /// Alerts sent upstream and not yet acknowledged, at most.
     pub window: usize,
+    /// Alerts sent at first on a new connection; doubled with every round
+    /// of answers up to `window` (slow start).
+    pub first_window: usize,
 }
 
 impl Default for LinkConfig {
@@ -37,6 +40,7 @@ impl Default for LinkConfig {
             keepalive_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
             window: 1024,
+            first_window: 16,
         }
     }
 }

@@ -195,8 +195,14 @@ async fn exchange(
     // link idle for one local commit per round trip. The seqs of removals
     // in `settling` stay in `in_flight.seqs` until the removal is durable,
     // so they are not read from the outbox again.
+    //
+    // Slow start: a fresh connection sends a small first batch and doubles
+    // it with every round of answers, up to the window, so that a link
+    // that is up only briefly still carries some alerts all the way to an
+    // acknowledgement instead of a whole window that is cut off unanswered.
+    let mut window = config.first_window.clamp(1, config.window);
     loop {
-        let room = config.window - in_flight.queue.len();
+        let room = window.saturating_sub(in_flight.queue.len());
         let mut found = false;
         if room > 0 {
             let batch = store.outbox_peek(&in_flight.seqs, room).map_err(local)?;
@@ -248,7 +254,7 @@ async fn exchange(
         let deadline = oldest_sent + config.ack_timeout;
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            changed = meta.changed(), if in_flight.queue.len() < config.window => {
+            changed = meta.changed(), if in_flight.queue.len() < window => {
                 if changed.is_err() {
                     return Ok(());
                 }
@@ -262,7 +268,7 @@ async fn exchange(
                 let first = first.map_err(|s| Problem::of(&s))?;
                 let mut answers = vec![first.ok_or_else(|| Problem::Down("upstream ended the publish stream".into()))?];
                 // Take every answer already there, so one commit covers them.
-                while answers.len() < config.window {
+                while answers.len() < window {
                     match responses.message().now_or_never() {
                         Some(Ok(Some(r))) => answers.push(r),
                         _ => break,
@@ -270,6 +276,7 @@ async fn exchange(
                 }
                 link.contact();
                 let (removals, transient) = settle(answers, &mut in_flight);
+                window = (window * 2).min(config.window);
                 for (seqs, outcome) in removals {
                     let store = store.clone();
                     settling.push(

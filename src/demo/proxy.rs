@@ -28,6 +28,9 @@ pub struct FlakyProxy {
     downstream_bytes: Arc<AtomicU64>,
     /// Cut once `upstream_bytes` reaches this (u64::MAX: never).
     cut_at: Arc<AtomicU64>,
+    /// Cut each connection once it has carried this many client-to-server
+    /// bytes (u64::MAX: never).
+    budget: Arc<AtomicU64>,
     /// Where connections go; a restarted broker has a new port.
     target: Arc<std::sync::Mutex<SocketAddr>>,
 }
@@ -45,12 +48,14 @@ impl FlakyProxy {
         let upstream_bytes = Arc::new(AtomicU64::new(0));
         let downstream_bytes = Arc::new(AtomicU64::new(0));
         let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+        let budget = Arc::new(AtomicU64::new(u64::MAX));
         let target = Arc::new(std::sync::Mutex::new(target));
-        let (m, up, down, cut, to) = (
+        let (m, up, down, cut, per_conn, to) = (
             mode.clone(),
             upstream_bytes.clone(),
             downstream_bytes.clone(),
             cut_at.clone(),
+            budget.clone(),
             target.clone(),
         );
         tokio::spawn(async move {
@@ -65,8 +70,12 @@ impl FlakyProxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, m.clone(), up.clone(), Some(cut.clone())));
-                tokio::spawn(pump(sr, cw, m.clone(), down.clone(), None));
+                let limits = Limits {
+                    cut_at: Some(cut.clone()),
+                    budget: per_conn.load(Ordering::SeqCst),
+                };
+                tokio::spawn(pump(cr, sw, m.clone(), up.clone(), limits));
+                tokio::spawn(pump(sr, cw, m.clone(), down.clone(), Limits::none()));
             }
         });
         Ok(FlakyProxy {
@@ -75,6 +84,7 @@ impl FlakyProxy {
             upstream_bytes,
             downstream_bytes,
             cut_at,
+            budget,
             target,
         })
     }
@@ -163,6 +173,15 @@ impl FlakyProxy {
         self.mode.send_replace(mode);
     }
 
+    /// From now on, cuts each new connection once it has carried `bytes`
+    /// client-to-server bytes (`None`: never) — a link that is up for a
+    /// while and then drops, measured in what it carried rather than in
+    /// time, so that a slow machine sees the same link as a fast one.
+    pub fn cut_each_connection_after(&self, bytes: Option<u64>) {
+        self.budget
+            .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
     /// Cuts every connection once `more` further client-to-server bytes have
     /// passed (a link that drops in the middle of a batch).
     pub fn cut_after(&self, more: u64) {
@@ -171,13 +190,31 @@ impl FlakyProxy {
     }
 }
 
+/// When one direction of a connection is cut.
+struct Limits {
+    /// Every connection, once the proxy's total reaches this.
+    cut_at: Option<Arc<AtomicU64>>,
+    /// This connection, once it carried this much.
+    budget: u64,
+}
+
+impl Limits {
+    fn none() -> Limits {
+        Limits {
+            cut_at: None,
+            budget: u64::MAX,
+        }
+    }
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: Arc<watch::Sender<Mode>>,
     bytes: Arc<AtomicU64>,
-    cut_at: Option<Arc<AtomicU64>>,
+    limits: Limits,
 ) {
+    let mut carried = 0u64;
     let mut rx = mode.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -206,11 +243,17 @@ async fn pump(
             return;
         }
         let total = bytes.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-        if let Some(cut_at) = &cut_at
+        if let Some(cut_at) = &limits.cut_at
             && total >= cut_at.load(Ordering::SeqCst)
         {
             cut_at.store(u64::MAX, Ordering::SeqCst);
             mode.send_replace(Mode::Cut);
+            return;
+        }
+        carried += n as u64;
+        if carried >= limits.budget {
+            // This connection's turn is over; dropping both halves here
+            // ends the other direction too.
             return;
         }
     }
