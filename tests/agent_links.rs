@@ -69,7 +69,11 @@ async fn a_link_flapping_during_the_drain_stores_every_alert_once_in_order() {
     proxy.set(Mode::Pass);
     let s = agent.wait_until("drained", |s| s.outbox_depth == 0).await;
     assert_eq!(s.forwarded_total, 3000);
-    assert!(s.reconnects >= 2, "the drain was cut only {} times", s.reconnects);
+    assert!(
+        s.reconnects >= 2,
+        "the drain was cut only {} times",
+        s.reconnects
+    );
     let mut officer = broker.client(AF_OFFICE).await;
     assert_exactly_once_in_order(&broker_alerts(&mut officer).await, &ids);
 }

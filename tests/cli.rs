@@ -620,7 +620,7 @@ fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
 #[test]
 fn every_bench_workload_runs_and_reports_json() {
     let dir = tempfile::tempdir().expect("tmp");
-    let runs: [&[&str]; 7] = [
+    let runs: [&[&str]; 8] = [
         &["bench", "idle", "--feeds", "150", "--json"],
         &["bench", "publish", "--window", "4", "--secs", "1", "--json"],
         &[
@@ -630,6 +630,10 @@ fn every_bench_workload_runs_and_reports_json() {
         &["bench", "fanout", "--feeds", "3", "--count", "50", "--json"],
         &["bench", "drain", "--count", "300", "--json"],
         &["bench", "restart", "--count", "300", "--json"],
+        &[
+            "bench", "soak", "--nodes", "12", "--feeds", "3", "--rate", "5", "--secs", "2",
+            "--sample", "1", "--json",
+        ],
     ];
     for args in runs {
         let out = ok(liaison(args, dir.path()));
@@ -641,5 +645,16 @@ fn every_bench_workload_runs_and_reports_json() {
             report["count"].as_u64().unwrap_or(0) > 0,
             "{args:?}: {report}"
         );
+        if args[1] == "soak" {
+            assert_eq!(report["errors"], 0, "{report}");
+            assert!(
+                report["samples"].as_array().is_some_and(|s| !s.is_empty()),
+                "{report}"
+            );
+            assert!(
+                report["rss_max_mib"].as_f64().unwrap_or(0.0) > 0.0,
+                "{report}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! deployment (`--broker URL` with a node certificate). Latencies go into an
 //! HDR histogram; every workload ends with a [`Report`].
 
+mod soak;
 mod workloads;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use soak::{Soak, soak};
 pub use workloads::{drain, e2e, fanout, idle, publish, restart};
 
 use crate::alert::timestamp;
@@ -43,6 +45,8 @@ pub struct Report {
     pub latency: Histogram<u64>,
     /// Workload-specific figures.
     pub extra: Map<String, Value>,
+    /// Lines printed after the figures (a timeline), in the text report.
+    pub lines: Vec<String>,
 }
 
 impl Report {
@@ -54,6 +58,7 @@ impl Report {
             elapsed: Duration::ZERO,
             latency: histogram(),
             extra: Map::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -103,7 +108,13 @@ impl Report {
             ));
         }
         for (k, v) in &self.extra {
-            out.push_str(&format!("\n{k}: {v}"));
+            if self.lines.is_empty() || !v.is_array() {
+                out.push_str(&format!("\n{k}: {v}"));
+            }
+        }
+        for line in &self.lines {
+            out.push('\n');
+            out.push_str(line);
         }
         out
     }

@@ -74,6 +74,26 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         count: u64,
     },
+    /// N mTLS nodes each publishing R alerts a second and F durable feeds
+    /// following (one category each), for S seconds, on a broker run as a
+    /// child process: its resident memory, publish and delivery p99 over
+    /// time, errors and connections (local only).
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100)]
+        feeds: usize,
+        /// Alerts per second per node.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 30)]
+        sample: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -136,8 +156,43 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         | BenchCommand::Fanout { common, .. }
         | BenchCommand::Drain { common, .. }
         | BenchCommand::Idle { common, .. }
-        | BenchCommand::Restart { common, .. } => common,
+        | BenchCommand::Restart { common, .. }
+        | BenchCommand::Soak { common, .. } => common,
     };
+    if let BenchCommand::Soak {
+        nodes,
+        feeds,
+        rate,
+        secs,
+        sample,
+        ..
+    } = &cmd
+    {
+        if common.broker.is_some() {
+            return Err(anyhow!(
+                "the soak starts its own broker; --broker is not for it"
+            ));
+        }
+        let bar = progress(common, "soaking a broker");
+        let report = bench::soak(bench::Soak {
+            nodes: *nodes,
+            feeds: *feeds,
+            rate: *rate,
+            secs: *secs,
+            sample: Duration::from_secs((*sample).max(1)),
+            size: common.size,
+        })
+        .await
+        .map_err(|e| anyhow!("the workload failed: {e}"));
+        bar.finish_and_clear();
+        let report = report?;
+        if common.json {
+            println!("{}", report.json());
+        } else {
+            println!("{}", report.text());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut target = target(common).await?;
     let bar = progress(common, &format!("running against {}", target.url));
     let size = common.size;
@@ -155,6 +210,8 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Drain { count, .. } => bench::drain(&mut target, *count, size).await,
         BenchCommand::Restart { count, .. } => bench::restart(&mut target, *count, size).await,
         BenchCommand::Idle { feeds, .. } => bench::idle(&target, *feeds).await,
+        // Run above, with a broker of its own.
+        BenchCommand::Soak { .. } => Err("the soak starts its own broker".into()),
     };
     bar.finish_and_clear();
     target.finish().await;
