@@ -25,10 +25,7 @@ impl Filter {
     /// # Errors
     /// Names the first entry that is not a known category or country code.
     pub fn from_proto(field: &str, f: &pb::Filter) -> Result<Filter, Rejection> {
-        let bad = |sub: String, rule: String| Rejection {
-            field: format!("{field}.{sub}"),
-            rule,
-        };
+        let bad = |sub: String, rule: String| Rejection::new(format!("{field}.{sub}"), rule);
         let categories = f
             .categories
             .iter()

@@ -223,7 +223,11 @@ pub struct Written {
 pub fn init(dir: &Path, hosts: &[String], force: bool) -> Result<Written, PkiError> {
     refuse_overwrite(&dir.join(CA_KEY), force)?;
     create_dir(dir)?;
-    let ca = Ca::generate("Liaison development CA")?;
+    // A name of its own: two development CAs with one name make a
+    // certificate of the other look forged (a bad signature) to a TLS
+    // library rather than from an unknown issuer.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let ca = Ca::generate(&format!("Liaison development CA {}", &id[..8]))?;
     let broker = ca.issue_broker(hosts)?;
     let mut files = Vec::new();
     files.push(write_file(&dir.join(CA_CERT), &ca.cert_pem, false)?);

@@ -103,6 +103,39 @@ async fn an_expired_certificate_is_refused() {
     let files = broker.pki.custom("expired", &expired, None);
     let err = attempt(&broker, &files).await.expect_err("refused");
     assert!(err.contains("CertificateExpired"), "{err}");
+    // The operator learns whose certificate it was, not only from where.
+    let channel = client::endpoint(&broker.url(), Some(&broker.pki.node(TJ_POST)))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut trail = admin
+            .audit(pb::AdminAuditRequest { from_seq: 1 })
+            .await
+            .expect("audit")
+            .into_inner();
+        let mut found = None;
+        while let Some(e) = trail.message().await.expect("entry") {
+            if e.kind == "auth_failure" {
+                found = Some(e.detail);
+            }
+        }
+        if let Some(detail) = found {
+            assert!(
+                detail.contains(&format!("of {TJ_POST}")) && detail.contains("certificate "),
+                "{detail}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no auth_failure record"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -335,3 +335,32 @@ async fn a_client_that_completes_tls_but_never_speaks_is_closed() {
     let mut post = broker.client(TJ_POST).await;
     publish(&mut post, alert(pb::Category::Drugs, "still served")).await;
 }
+
+/// Software decides on a refusal by its fields, never by its wording.
+#[tokio::test]
+async fn a_streamed_refusal_names_its_field_and_says_whether_a_retry_can_succeed() {
+    let broker = TestBroker::start().await;
+    let mut post = broker.client(TJ_POST).await;
+    let mut ahead = alert(pb::Category::Drugs, "from a post whose clock runs fast");
+    ahead.sent = Some(liaison::alert::timestamp(
+        std::time::SystemTime::now() + Duration::from_secs(3600),
+    ));
+    let mut broken = alert(pb::Category::Drugs, "x");
+    broken.headline.clear();
+    let answers = post
+        .publish_stream(tokio_stream::iter(
+            [ahead, broken].map(|a| pb::PublishRequest { alert: Some(a) }),
+        ))
+        .await
+        .expect("stream")
+        .into_inner();
+    let answers: Vec<_> = tokio_stream::StreamExt::collect::<Vec<_>>(answers).await;
+    let errors: Vec<pb::PublishError> = answers
+        .into_iter()
+        .map(|a| error_of(&a.expect("answer")).clone())
+        .collect();
+    assert_eq!(errors[0].field, "alert.sent");
+    assert!(errors[0].retry_later, "{:?}", errors[0]);
+    assert_eq!(errors[1].field, "alert.headline");
+    assert!(!errors[1].retry_later, "{:?}", errors[1]);
+}

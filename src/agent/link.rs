@@ -58,18 +58,37 @@ pub enum Problem {
 
 impl Problem {
     /// Classifies a failed gRPC call: certificate trouble anywhere in the
-    /// error chain (a rustls alert, UNAUTHENTICATED) is a refusal; the rest
-    /// is the network.
+    /// error chain — the broker's TLS alert refusing our certificate, our
+    /// own refusal of the broker's, UNAUTHENTICATED — is a refusal; the rest
+    /// is the network. Decided on types, never on wording: a rustls error
+    /// where the chain still carries one, and otherwise an I/O error of kind
+    /// `InvalidData`, which on a TLS connection means the TLS layer failed
+    /// (h2 keeps only the kind and the text of the error it passes on),
+    /// not the network.
     pub fn of(status: &tonic::Status) -> Problem {
+        use rustls::AlertDescription as A;
         let text = chain(status);
-        // rustls alerts: CertificateRequired, BadCertificate, UnknownCA,
-        // CertificateExpired, CertificateRevoked, AccessDenied, …; and our
-        // own verification of the broker: "invalid peer certificate".
-        let lower = text.to_ascii_lowercase();
+        let tls_failed = io_kinds(status).contains(&std::io::ErrorKind::InvalidData);
         let refused = status.code() == tonic::Code::Unauthenticated
-            || ["certificate", "unknownca", "accessdenied"]
-                .iter()
-                .any(|w| lower.contains(w));
+            || match crate::tls::rustls_error(status) {
+                Some(rustls::Error::AlertReceived(alert)) => matches!(
+                    alert,
+                    A::BadCertificate
+                        | A::UnsupportedCertificate
+                        | A::CertificateRevoked
+                        | A::CertificateExpired
+                        | A::CertificateUnknown
+                        | A::UnknownCA
+                        | A::AccessDenied
+                        | A::CertificateRequired
+                        | A::DecryptError
+                ),
+                Some(
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented,
+                ) => true,
+                Some(_) => false,
+                None => tls_failed,
+            };
         if refused {
             Problem::Refused(text)
         } else {
@@ -97,6 +116,19 @@ pub async fn open<T>(
         })?
         .map(tonic::Response::into_inner)
         .map_err(|s| Problem::of(&s))
+}
+
+/// The kinds of the I/O errors in a status's source chain.
+fn io_kinds(status: &tonic::Status) -> Vec<std::io::ErrorKind> {
+    let mut kinds = Vec::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            kinds.push(io.kind());
+        }
+        source = e.source();
+    }
+    kinds
 }
 
 /// The status message with its whole source chain (rustls' alert is deep).
@@ -250,13 +282,37 @@ mod tests {
         assert!(b.delay(&down) <= Duration::from_millis(100));
     }
 
+    /// A status as tonic makes it from a transport error.
+    fn transport(inner: std::io::Error) -> tonic::Status {
+        tonic::Status::from_error(Box::new(inner))
+    }
+
     #[test]
     fn certificate_trouble_is_a_refusal_not_a_network_problem() {
         let s = tonic::Status::unauthenticated("no identity");
         assert!(matches!(Problem::of(&s), Problem::Refused(_)));
-        let s = tonic::Status::unknown("transport error: received fatal alert: CertificateExpired");
-        assert!(matches!(Problem::of(&s), Problem::Refused(_)));
-        let s = tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        let expired = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
+        let s = transport(std::io::Error::other(expired));
+        assert!(matches!(Problem::of(&s), Problem::Refused(_)), "{s:?}");
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(matches!(
+            Problem::of(&transport(std::io::Error::other(untrusted))),
+            Problem::Refused(_)
+        ));
+        // What h2 passes on: the kind and the text of the TLS layer's error.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        assert!(matches!(
+            Problem::of(&transport(alert)),
+            Problem::Refused(_)
+        ));
+        // Words are not evidence: a message that mentions certificates is
+        // still the network when nothing in the chain is a TLS refusal.
+        let s = tonic::Status::unavailable("the certificate server is down");
+        assert!(matches!(Problem::of(&s), Problem::Down(_)));
+        let s = transport(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(matches!(Problem::of(&s), Problem::Down(_)));
     }
 }

@@ -28,8 +28,9 @@ use crate::store::{Outcome, Store, StoreError};
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Whether an error answer means "this alert will never be accepted", so
-/// retrying it would block the queue forever. A `sent` time in the broker's
-/// future is the exception: it is accepted once the clocks agree.
+/// retrying it would block the queue forever. The broker says when an
+/// alert may be accepted later unchanged (`retry_later`: its `sent` lies in
+/// the broker's future, accepted once the clocks agree).
 fn permanent(e: &pb::PublishError) -> bool {
     use tonic::Code;
     let final_codes = [
@@ -39,8 +40,7 @@ fn permanent(e: &pb::PublishError) -> bool {
         Code::OutOfRange,
         Code::AlreadyExists,
     ];
-    final_codes.iter().any(|c| *c as i32 == e.code)
-        && !e.message.starts_with("alert.sent: lies more than")
+    final_codes.iter().any(|c| *c as i32 == e.code) && !e.retry_later
 }
 
 pub(super) async fn run(

@@ -36,13 +36,24 @@ impl Default for Limits {
 pub struct Rejection {
     pub field: String,
     pub rule: String,
+    /// The alert breaks no rule of its own and may be accepted unchanged
+    /// later: its `sent` lies further ahead of the broker's clock than it
+    /// allows (the clocks disagree).
+    pub retry_later: bool,
+}
+
+impl Rejection {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Rejection {
+        Rejection {
+            field: field.into(),
+            rule: rule.into(),
+            retry_later: false,
+        }
+    }
 }
 
 fn reject<T>(field: impl Into<String>, rule: impl Into<String>) -> Result<T, Rejection> {
-    Err(Rejection {
-        field: field.into(),
-        rule: rule.into(),
-    })
+    Err(Rejection::new(field, rule))
 }
 
 const MAX_REFERENCES: usize = 32;
@@ -127,13 +138,16 @@ fn check_identity(
 ) -> Result<(), Rejection> {
     let sent = time_required("alert.sent", msg.sent.as_ref())?;
     if sent > now + limits.max_clock_skew {
-        return reject(
-            "alert.sent",
-            format!(
-                "lies more than {}s in the future of the broker's clock",
-                limits.max_clock_skew.as_secs()
-            ),
-        );
+        return Err(Rejection {
+            retry_later: true,
+            ..Rejection::new(
+                "alert.sent",
+                format!(
+                    "lies more than {}s in the future of the broker's clock",
+                    limits.max_clock_skew.as_secs()
+                ),
+            )
+        });
     }
     enum_required::<pb::Status>("alert.status", msg.status)?;
     let msg_type = enum_required::<pb::MsgType>("alert.msg_type", msg.msg_type)?;

@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{Broker, BrokerError, DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT};
 use crate::alert::{Record, Rejection, Seq, micros, system_time};
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::AuditEvent;
 use crate::filter::Filter;
 use crate::identity::NodeId;
 use crate::policy::Policy;
@@ -63,10 +63,7 @@ impl FeedSpec {
     /// # Errors
     /// A [`Rejection`] naming the field (`open.feed`, `open.max_in_flight`, …).
     pub fn from_proto(open: &pb::OpenFeed) -> Result<FeedSpec, Rejection> {
-        let bad = |field: &str, rule: &str| Rejection {
-            field: format!("open.{field}"),
-            rule: rule.to_owned(),
-        };
+        let bad = |field: &str, rule: &str| Rejection::new(format!("open.{field}"), rule);
         let name = match open.feed.as_str() {
             "" => None,
             n if (1..=64).contains(&n.len())
@@ -557,25 +554,12 @@ impl FeedTask {
     /// record (one per read chunk, not one per alert: at high fan-out the
     /// audit trail would otherwise double the writes of every delivery).
     async fn audit_deliveries(&mut self) {
-        let (alert, detail) = match self.unaudited.as_slice() {
-            [] => return,
-            [(seq, id)] => (Some(*id), format!("feed {}; seq {seq}", self.feed_label())),
-            many => {
-                let list: Vec<String> =
-                    many.iter().map(|(seq, id)| format!("{seq}:{id}")).collect();
-                (
-                    None,
-                    format!(
-                        "feed {}; {} alerts (seq:id) {}",
-                        self.feed_label(),
-                        many.len(),
-                        list.join(" ")
-                    ),
-                )
-            }
-        };
+        if self.unaudited.is_empty() {
+            return;
+        }
+        let event =
+            AuditEvent::delivered(self.owner.to_string(), self.feed_label(), &self.unaudited);
         self.unaudited.clear();
-        let event = AuditEvent::new(AuditKind::Delivered, self.owner.to_string(), alert, detail);
         self.store.audit(event).await;
     }
 

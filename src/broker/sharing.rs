@@ -202,10 +202,10 @@ impl Broker {
         note: &str,
     ) -> Result<Receipt, BrokerError> {
         if note.len() > MAX_NOTE || note.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(crate::alert::Rejection {
-                field: "note".into(),
-                rule: format!("at most {MAX_NOTE} bytes, no control characters except newlines"),
-            }
+            return Err(crate::alert::Rejection::new(
+                "note",
+                format!("at most {MAX_NOTE} bytes, no control characters except newlines"),
+            )
             .into());
         }
         let record = self.get(viewer, id)?;

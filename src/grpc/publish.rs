@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::broker::ack_proto;
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::identity::NodeId;
 use crate::proto as pb;
 
@@ -277,17 +277,31 @@ async fn submit(broker: &Broker, node: &NodeId, index: u64, req: pb::PublishRequ
                     index,
                     result: Some(pb::publish_stream_response::Result::Ack(ack_proto(&ack))),
                 },
-                Err(e) => error(index, &id, &Status::from(e)),
+                Err(e) => refused(index, &id, e),
             }
         }),
         Err(e) => {
-            let status = Status::from(e);
-            if status.code() != tonic::Code::InvalidArgument {
-                warn!(%status, %id, "streamed publish failed");
+            if !matches!(e, BrokerError::Rejected(_)) {
+                warn!(error = %e, %id, "streamed publish failed");
             }
-            Box::pin(std::future::ready(error(index, &id, &status)))
+            Box::pin(std::future::ready(refused(index, &id, e)))
         }
     }
+}
+
+/// The answer for a request the core refused: its status, and for a
+/// validation refusal the field and whether it may be accepted later.
+fn refused(index: u64, id: &str, e: BrokerError) -> pb::PublishStreamResponse {
+    let (field, retry_later) = match &e {
+        BrokerError::Rejected(r) => (r.field.clone(), r.retry_later),
+        _ => (String::new(), false),
+    };
+    let mut answer = error(index, id, &Status::from(e));
+    if let Some(pb::publish_stream_response::Result::Error(err)) = &mut answer.result {
+        err.field = field;
+        err.retry_later = retry_later;
+    }
+    answer
 }
 
 fn error(index: u64, id: &str, status: &Status) -> pb::PublishStreamResponse {
@@ -298,6 +312,8 @@ fn error(index: u64, id: &str, status: &Status) -> pb::PublishStreamResponse {
                 code: status.code() as i32,
                 message: status.message().to_owned(),
                 id: id.to_owned(),
+                field: String::new(),
+                retry_later: false,
             },
         )),
     }
