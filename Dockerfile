@@ -6,6 +6,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
+COPY testkit testkit
 RUN cargo build --release --locked --bin liaison
 
 FROM debian:bookworm-slim

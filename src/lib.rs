@@ -18,7 +18,11 @@
 //! | [`server`] | `run(listener, config, shutdown)`: wires it all together |
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`client`] | connecting to a broker as a node |
-//! | [`cli`] | the `liaison` command line |
+//! | [`flaky`] | a TCP proxy that cuts, stalls and black-holes links on command (the demo, the tests) |
+//!
+//! The `liaison` binary (`src/main.rs`) holds the command line (`cli`), the
+//! simulated region (`demo`) and the load generators (`bench`); they use
+//! this library's public API only.
 //!
 //! # How one alert flows
 //!
@@ -37,12 +41,10 @@
 pub mod agent;
 pub mod alert;
 pub mod audit;
-pub mod bench;
 pub mod broker;
-pub mod cli;
 pub mod client;
-pub mod demo;
 pub mod filter;
+pub mod flaky;
 pub mod grpc;
 pub mod identity;
 pub mod marking;

@@ -1,9 +1,15 @@
 //! The `liaison` binary: parse arguments, set up logging, run the command.
+//! The command line, the demo and the bench live here, on the library's
+//! public API.
+
+mod bench;
+mod cli;
+mod demo;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use liaison::cli::{Cli, LogFormat};
+use cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// The store's writer and the RPC paths allocate and free many short-lived
@@ -22,7 +28,7 @@ fn main() -> ExitCode {
             default_hook(info);
         }
     }));
-    let args = match liaison::cli::config::expand(std::env::args_os().collect()) {
+    let args = match cli::config::expand(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
             eprintln!("error: {e}");
@@ -32,10 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     // The demo runs a whole region in one process: its links go up and down
     // on purpose, so only errors are logged unless RUST_LOG says otherwise.
-    let quiet = matches!(
-        cli.command,
-        liaison::cli::Command::Demo(_) | liaison::cli::Command::Bench(_)
-    );
+    let quiet = matches!(cli.command, cli::Command::Demo(_) | cli::Command::Bench(_));
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "info" }));
     // Colour only for a person at a terminal: a file, journald or docker
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(liaison::cli::run(cli)) {
+    match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", message(&e));

@@ -1,16 +1,14 @@
 //! The store-and-forward agent on flaky links: nothing lost, nothing
 //! doubled, urgent alerts first, expiry and limits visible.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use common::*;
 use liaison::alert::timestamp;
-use liaison::demo::proxy::{FlakyProxy, Mode};
+use liaison::flaky::{FlakyProxy, Mode};
 use liaison::proto as pb;
 use liaison::proto::LinkState;
+use liaison_testkit::*;
 
 async fn setup(mode: Mode) -> (TestBroker, FlakyProxy) {
     let broker = TestBroker::start().await;

@@ -2,15 +2,13 @@
 //! SIGKILL and broker restarts mid-drain, a long routine backlog, and a
 //! simulated region of agencies behind flaky links.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
-use liaison::demo::proxy::{FlakyProxy, Mode};
+use liaison::flaky::{FlakyProxy, Mode};
 use liaison::proto as pb;
 use liaison::proto::LinkState;
+use liaison_testkit::*;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -98,30 +96,17 @@ async fn an_agent_killed_mid_drain_loses_nothing_and_doubles_nothing() {
     // Let part of the backlog through, then SIGKILL the agent mid-drain.
     proxy.set(Mode::Pass);
     let mut officer = broker.client(AF_OFFICE).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while broker_alerts(&mut officer).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing was forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_broker_alerts(&mut officer, 1).await;
     agent.kill9();
     let before_restart = broker_alerts(&mut officer).await.len();
 
     let agent = AgentProcess::start(&proxy.url(), broker.pki.path(), &name, data.path());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let s = agent_status(&agent.url).await;
-        if s.outbox_depth == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never drained: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the restarted agent drains", || async {
+        (agent_status(&agent.url).await.outbox_depth == 0)
+            .then_some(())
+            .ok_or(())
+    })
+    .await;
     eprintln!("the broker held {before_restart} of 2000 when the agent was killed");
     assert_exactly_once_in_order(&broker_alerts(&mut officer).await, &ids);
 }

@@ -1,21 +1,10 @@
 //! The command line as the README uses it: certs, serve, publish,
 //! subscribe, get, history, run as separate processes.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use common::ServeProcess;
-
-fn liaison(args: &[&str], dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_liaison"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run liaison")
-}
+use liaison_testkit::{Cli, ServeProcess};
 
 fn ok(out: Output) -> String {
     assert!(
@@ -30,30 +19,25 @@ fn ok(out: Output) -> String {
 #[test]
 fn certs_init_and_issue_write_the_documented_layout() {
     let dir = tempfile::tempdir().expect("tmp");
-    ok(liaison(
-        &[
-            "certs",
-            "init",
-            "--dir",
-            "pki",
-            "--host",
-            "broker.tj.example",
-        ],
-        dir.path(),
-    ));
-    ok(liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "pki",
-            "--node",
-            "urn:liaison:TJ:border-guard:ishkashim",
-            "--name",
-            "ishkashim",
-        ],
-        dir.path(),
-    ));
+    let cli = Cli::new(dir.path());
+    cli.ok(&[
+        "certs",
+        "init",
+        "--dir",
+        "pki",
+        "--host",
+        "broker.tj.example",
+    ]);
+    cli.ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        "pki",
+        "--node",
+        "urn:liaison:TJ:border-guard:ishkashim",
+        "--name",
+        "ishkashim",
+    ]);
     for f in [
         "ca.crt",
         "ca.key",
@@ -70,47 +54,31 @@ fn certs_init_and_issue_write_the_documented_layout() {
         assert!(text.starts_with("-----BEGIN"), "{f} is PEM");
     }
     // A second init does not silently replace the CA; a bad URN is refused.
-    assert!(
-        !liaison(&["certs", "init", "--dir", "pki"], dir.path())
-            .status
-            .success()
-    );
-    let bad = liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "pki",
-            "--node",
-            "urn:liaison:tj:x:y",
-            "--name",
-            "x",
-        ],
-        dir.path(),
-    );
+    assert!(!cli.run(&["certs", "init", "--dir", "pki"]).status.success());
+    let bad = cli.run(&[
+        "certs",
+        "issue",
+        "--dir",
+        "pki",
+        "--node",
+        "urn:liaison:tj:x:y",
+        "--name",
+        "x",
+    ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a liaison identity"));
 
     // Revocation writes a signed list beside the CA; a second time is a no-op.
-    let revoked = ok(liaison(
-        &["certs", "revoke", "--dir", "pki", "--name", "ishkashim"],
-        dir.path(),
-    ));
+    let revoked = cli.ok(&["certs", "revoke", "--dir", "pki", "--name", "ishkashim"]);
     assert!(revoked.contains("revoked ishkashim.crt"), "{revoked}");
     let crl = std::fs::read_to_string(dir.path().join("pki/ca.crl")).expect("ca.crl");
     assert!(crl.starts_with("-----BEGIN X509 CRL"), "{crl}");
-    let again = ok(liaison(
-        &["certs", "revoke", "--dir", "pki", "--name", "ishkashim"],
-        dir.path(),
-    ));
+    let again = cli.ok(&["certs", "revoke", "--dir", "pki", "--name", "ishkashim"]);
     assert!(
         again.contains("already revoked") && again.contains("(1 revoked)"),
         "{again}"
     );
-    let missing = liaison(
-        &["certs", "revoke", "--dir", "pki", "--name", "nobody"],
-        dir.path(),
-    );
+    let missing = cli.run(&["certs", "revoke", "--dir", "pki", "--name", "nobody"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nobody.crt"));
 }
@@ -119,92 +87,69 @@ fn certs_init_and_issue_write_the_documented_layout() {
 fn quick_start_serve_issue_publish_subscribe_get() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    ok(liaison(&["certs", "init", "--dir", "certs"], d));
+    let cli = Cli::new(d);
+    cli.ok(&["certs", "init", "--dir", "certs"]);
     let server = ServeProcess::start(&d.join("certs"), &d.join("data"));
     let url = server.url.clone();
-    ok(liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "certs",
-            "--node",
-            "urn:liaison:TJ:border-guard:ishkashim",
-            "--name",
-            "ishkashim",
-        ],
-        d,
-    ));
-    ok(liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "certs",
-            "--node",
-            "urn:liaison:AF:border-police:sher-khan",
-            "--name",
-            "sher-khan",
-        ],
-        d,
-    ));
+    cli.ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        "certs",
+        "--node",
+        "urn:liaison:TJ:border-guard:ishkashim",
+        "--name",
+        "ishkashim",
+    ]);
+    cli.ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        "certs",
+        "--node",
+        "urn:liaison:AF:border-police:sher-khan",
+        "--name",
+        "sher-khan",
+    ]);
 
-    let ack = ok(liaison(
-        &[
-            "publish",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "ishkashim",
-            "--category",
-            "drugs",
-            "--severity",
-            "severe",
-            "--urgency",
-            "immediate",
-            "--certainty",
-            "observed",
-            "--headline",
-            "42 kg of heroin seized",
-            "--tlp",
-            "amber",
-            "--releasable-to",
-            "AF",
-            "--param",
-            "seizure_kg=42",
-            "--crossing-point",
-            "TJ-ISHK",
-        ],
-        d,
-    ));
+    let ack = cli.node(&url, "certs", "ishkashim").ok(&[
+        "publish",
+        "--category",
+        "drugs",
+        "--severity",
+        "severe",
+        "--urgency",
+        "immediate",
+        "--certainty",
+        "observed",
+        "--headline",
+        "42 kg of heroin seized",
+        "--tlp",
+        "amber",
+        "--releasable-to",
+        "AF",
+        "--param",
+        "seizure_kg=42",
+        "--crossing-point",
+        "TJ-ISHK",
+    ]);
     let ack: serde_json::Value = serde_json::from_str(ack.trim()).expect("ack is JSON");
     assert_eq!(ack["seq"], 1);
     assert_eq!(ack["duplicate"], false);
     let id = ack["id"].as_str().expect("id").to_owned();
 
-    let line = ok(liaison(
-        &[
-            "subscribe",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "sher-khan",
-            "--feed",
-            "main",
-            "--from",
-            "all",
-            "--category",
-            "drugs",
-            "--json",
-            "--limit",
-            "1",
-        ],
-        d,
-    ));
+    let line = cli.node(&url, "certs", "sher-khan").ok(&[
+        "subscribe",
+        "--feed",
+        "main",
+        "--from",
+        "all",
+        "--category",
+        "drugs",
+        "--json",
+        "--limit",
+        "1",
+    ]);
     let delivered: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
     assert_eq!(delivered["alert"]["id"], id.as_str());
     assert_eq!(
@@ -214,74 +159,35 @@ fn quick_start_serve_issue_publish_subscribe_get() {
     assert_eq!(delivered["alert"]["parameters"][0]["integer"], 42);
 
     // The feed acknowledged it: resuming finds nothing old, only what is new.
-    ok(liaison(
-        &[
-            "publish",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "ishkashim",
-            "--category",
-            "drugs",
-            "--tlp",
-            "green",
-            "--headline",
-            "second",
-        ],
-        d,
-    ));
-    let line = ok(liaison(
-        &[
-            "subscribe",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "sher-khan",
-            "--feed",
-            "main",
-            "--json",
-            "--limit",
-            "1",
-        ],
-        d,
-    ));
+    cli.node(&url, "certs", "ishkashim").ok(&[
+        "publish",
+        "--category",
+        "drugs",
+        "--tlp",
+        "green",
+        "--headline",
+        "second",
+    ]);
+    let line = cli.node(&url, "certs", "sher-khan").ok(&[
+        "subscribe",
+        "--feed",
+        "main",
+        "--json",
+        "--limit",
+        "1",
+    ]);
     let delivered: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
     assert_eq!(delivered["alert"]["headline"], "second");
 
-    let got = ok(liaison(
-        &[
-            "get",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "sher-khan",
-            &id,
-            "--json",
-        ],
-        d,
-    ));
+    let got = cli
+        .node(&url, "certs", "sher-khan")
+        .ok(&["get", &id, "--json"]);
     let got: serde_json::Value = serde_json::from_str(got.trim()).expect("JSON");
     assert_eq!(got["alert"]["marking"]["tlp"], "amber");
 
-    let history = ok(liaison(
-        &[
-            "history",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "ishkashim",
-            "--json",
-        ],
-        d,
-    ));
+    let history = cli
+        .node(&url, "certs", "ishkashim")
+        .ok(&["history", "--json"]);
     assert_eq!(history.lines().count(), 2);
 
     // The same alert from JSON on standard input, with explicit --ca/--cert/--key.
@@ -322,24 +228,15 @@ fn quick_start_serve_issue_publish_subscribe_get() {
     assert_eq!(dup["seq"], 1);
 
     // A refused alert says which field and why.
-    let bad = liaison(
-        &[
-            "publish",
-            "--broker",
-            &url,
-            "--certs",
-            "certs",
-            "--name",
-            "ishkashim",
-            "--category",
-            "drugs",
-            "--headline",
-            "x",
-            "--tlp",
-            "red",
-        ],
-        d,
-    );
+    let bad = cli.node(&url, "certs", "ishkashim").run(&[
+        "publish",
+        "--category",
+        "drugs",
+        "--headline",
+        "x",
+        "--tlp",
+        "red",
+    ]);
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("INVALID_ARGUMENT: alert.marking.recipients"),
@@ -359,7 +256,7 @@ fn quick_start_serve_issue_publish_subscribe_get() {
             "ishkashim",
         ];
         args.extend_from_slice(extra);
-        ok(liaison(&args, d))
+        cli.ok(&args)
     };
     let verified = admin(&["--verify"]);
     assert!(verified.starts_with("audit trail intact: "), "{verified}");
@@ -379,20 +276,18 @@ fn a_post_publishes_through_its_agent_with_no_certificate_flags() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    ok(liaison(&["certs", "init", "--dir", "certs"], d));
-    ok(liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "certs",
-            "--node",
-            "urn:liaison:TJ:border-guard:ishkashim",
-            "--name",
-            "ishkashim",
-        ],
-        d,
-    ));
+    let cli = Cli::new(d);
+    cli.ok(&["certs", "init", "--dir", "certs"]);
+    cli.ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        "certs",
+        "--node",
+        "urn:liaison:TJ:border-guard:ishkashim",
+        "--name",
+        "ishkashim",
+    ]);
     let server = ServeProcess::start(&d.join("certs"), &d.join("data"));
     let mut agent = Command::new(env!("CARGO_BIN_EXE_liaison"))
         .args([
@@ -425,30 +320,24 @@ fn a_post_publishes_through_its_agent_with_no_certificate_flags() {
         .to_owned();
     assert!(local.starts_with("http://127.0.0.1:"));
 
-    let ack = ok(liaison(
-        &[
-            "publish",
-            "--broker",
-            &local,
-            "--category",
-            "arms",
-            "--severity",
-            "extreme",
-            "--headline",
-            "cache found",
-        ],
-        d,
-    ));
+    let ack = cli.ok(&[
+        "publish",
+        "--broker",
+        &local,
+        "--category",
+        "arms",
+        "--severity",
+        "extreme",
+        "--headline",
+        "cache found",
+    ]);
     let ack: serde_json::Value = serde_json::from_str(ack.trim()).expect("JSON");
     let id = ack["id"].as_str().expect("id").to_owned();
 
     // Forwarded upstream under the post's identity (bounded wait).
-    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let deadline = std::time::Instant::now() + liaison_testkit::PATIENCE;
     loop {
-        let status = ok(liaison(
-            &["agent", "status", "--agent", &local, "--json"],
-            d,
-        ));
+        let status = cli.ok(&["agent", "status", "--agent", &local, "--json"]);
         let status: serde_json::Value = serde_json::from_str(status.trim()).expect("JSON");
         if status["forwarded_total"] == 1 {
             assert_eq!(status["outbox_depth"], 0);
@@ -461,20 +350,17 @@ fn a_post_publishes_through_its_agent_with_no_certificate_flags() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let got = ok(liaison(
-        &[
-            "get",
-            "--broker",
-            &server.url,
-            "--certs",
-            "certs",
-            "--name",
-            "ishkashim",
-            &id,
-            "--json",
-        ],
-        d,
-    ));
+    let got = cli.ok(&[
+        "get",
+        "--broker",
+        &server.url,
+        "--certs",
+        "certs",
+        "--name",
+        "ishkashim",
+        &id,
+        "--json",
+    ]);
     let got: serde_json::Value = serde_json::from_str(got.trim()).expect("JSON");
     assert_eq!(
         got["alert"]["origin"]["urn"],
@@ -490,15 +376,13 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
+    let cli = Cli::new(d);
     for example in ["liaison.example.toml", "agent.example.toml"] {
-        let out = ok(liaison(
-            &[
-                "config",
-                "check",
-                repo.join(example).to_str().expect("utf-8"),
-            ],
-            d,
-        ));
+        let out = cli.ok(&[
+            "config",
+            "check",
+            repo.join(example).to_str().expect("utf-8"),
+        ]);
         assert!(out.contains("valid"), "{out}");
     }
     std::fs::write(
@@ -506,7 +390,7 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
         "data = \"x\"\nlisten = \"nowhere\"\nretain = \"soon\"\ncolour = \"red\"\n",
     )
     .expect("write");
-    let bad = liaison(&["config", "check", "bad.toml"], d);
+    let bad = cli.run(&["config", "check", "bad.toml"]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
@@ -517,7 +401,7 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
 
     // A broker from a file: its data directory comes from the file, the
     // listen address from the flag typed after it.
-    ok(liaison(&["certs", "init", "--dir", "pki"], d));
+    cli.ok(&["certs", "init", "--dir", "pki"]);
     std::fs::write(
         d.join("broker.toml"),
         "listen = \"127.0.0.1:1\"\ndata = \"from-file\"\ncerts = \"pki\"\nmetrics = \"off\"\n",
@@ -533,54 +417,45 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
     ])
     .current_dir(d);
     let server = ServeProcess::spawn(cmd);
-    ok(liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "pki",
-            "--node",
-            "urn:liaison:TJ:border-guard:ishkashim",
-            "--name",
-            "p",
-        ],
-        d,
-    ));
-    let ack = ok(liaison(
-        &[
-            "publish",
-            "--broker",
-            &server.url,
-            "--certs",
-            "pki",
-            "--name",
-            "p",
-            "--category",
-            "drugs",
-            "--headline",
-            "x",
-            "--param",
-            "kg=4",
-            "--param",
-            "plate=01A",
-        ],
-        d,
-    ));
+    cli.ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        "pki",
+        "--node",
+        "urn:liaison:TJ:border-guard:ishkashim",
+        "--name",
+        "p",
+    ]);
+    let ack = cli.ok(&[
+        "publish",
+        "--broker",
+        &server.url,
+        "--certs",
+        "pki",
+        "--name",
+        "p",
+        "--category",
+        "drugs",
+        "--headline",
+        "x",
+        "--param",
+        "kg=4",
+        "--param",
+        "plate=01A",
+    ]);
     let ack: serde_json::Value = serde_json::from_str(ack.trim()).expect("JSON");
-    let got = ok(liaison(
-        &[
-            "get",
-            "--broker",
-            &server.url,
-            "--certs",
-            "pki",
-            "--name",
-            "p",
-            ack["id"].as_str().expect("id"),
-            "--json",
-        ],
-        d,
-    ));
+    let got = cli.ok(&[
+        "get",
+        "--broker",
+        &server.url,
+        "--certs",
+        "pki",
+        "--name",
+        "p",
+        ack["id"].as_str().expect("id"),
+        "--json",
+    ]);
     let got: serde_json::Value = serde_json::from_str(got.trim()).expect("JSON");
     assert_eq!(
         got["alert"]["parameters"].as_array().expect("params").len(),
@@ -597,7 +472,8 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
 #[test]
 fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
     let dir = tempfile::tempdir().expect("tmp");
-    let out = liaison(&["demo", "--duration", "10s"], dir.path());
+    let cli = Cli::new(dir.path());
+    let out = cli.run(&["demo", "--duration", "10s"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
@@ -620,6 +496,7 @@ fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
 #[test]
 fn every_bench_workload_runs_and_reports_json() {
     let dir = tempfile::tempdir().expect("tmp");
+    let cli = Cli::new(dir.path());
     let runs: [&[&str]; 8] = [
         &["bench", "idle", "--feeds", "150", "--json"],
         &["bench", "publish", "--window", "4", "--secs", "1", "--json"],
@@ -636,7 +513,7 @@ fn every_bench_workload_runs_and_reports_json() {
         ],
     ];
     for args in runs {
-        let out = ok(liaison(args, dir.path()));
+        let out = cli.ok(args);
         let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
         for key in ["workload", "msgs_per_s", "p50_us", "p99_us", "count"] {
             assert!(report.get(key).is_some(), "{args:?}: no {key} in {report}");

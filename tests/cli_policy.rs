@@ -1,20 +1,9 @@
 //! The policy commands an operator runs against a live broker, and what a
 //! broker's log looks like when it goes to a file.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
-use common::*;
-
-fn liaison(args: &[&str], dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_liaison"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run liaison")
-}
+use liaison_testkit::*;
 
 fn text(out: &Output) -> String {
     format!(
@@ -44,43 +33,33 @@ max_tlp = "amber"
 #[test]
 fn policy_check_shows_what_a_file_would_change_and_reload_puts_it_in_force() {
     let dir = tempfile::tempdir().expect("tmp");
+    let cli = Cli::new(dir.path());
     let certs = dir.path().join("certs");
     assert!(
-        liaison(&["certs", "init", "--dir", "certs"], dir.path())
+        cli.run(&["certs", "init", "--dir", "certs"])
             .status
             .success()
     );
-    let issue = liaison(
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            "certs",
-            "--node",
-            "urn:liaison:TJ:border-guard:admin",
-            "--name",
-            "admin",
-        ],
-        dir.path(),
-    );
+    let issue = cli.run(&[
+        "certs",
+        "issue",
+        "--dir",
+        "certs",
+        "--node",
+        "urn:liaison:TJ:border-guard:admin",
+        "--name",
+        "admin",
+    ]);
     assert!(issue.status.success(), "{}", text(&issue));
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
     let mut cmd = ServeProcess::command(&certs, &dir.path().join("data"));
     cmd.arg("--policy").arg(&policy);
     let server = ServeProcess::spawn(cmd);
-    let conn = [
-        "--broker",
-        server.url.as_str(),
-        "--certs",
-        "certs",
-        "--name",
-        "admin",
-    ];
 
     // An empty file is not a policy, and says why.
     std::fs::write(dir.path().join("empty.toml"), "").expect("write");
-    let empty = liaison(&["policy", "check", "empty.toml"], dir.path());
+    let empty = cli.run(&["policy", "check", "empty.toml"]);
     assert!(!empty.status.success());
     assert!(text(&empty).contains("no_nodes = true"), "{}", text(&empty));
 
@@ -88,9 +67,8 @@ fn policy_check_shows_what_a_file_would_change_and_reload_puts_it_in_force() {
     let new = POLICY.replace(r#"max_tlp = "amber""#, r#"max_tlp = "green""#)
         + "\n[[node]]\nmatch = \"AF\"\nrole = \"liaison_office\"\n";
     std::fs::write(dir.path().join("new.toml"), &new).expect("write");
-    let mut args = vec!["policy", "check", "new.toml"];
-    args.extend(conn);
-    let check = liaison(&args, dir.path());
+    let admin = cli.node(&server.url, "certs", "admin");
+    let check = admin.run(&["policy", "check", "new.toml"]);
     assert!(check.status.success(), "{}", text(&check));
     let out = text(&check);
     assert!(out.contains("valid (3 nodes, 1 agreements)"), "{out}");
@@ -105,19 +83,18 @@ fn policy_check_shows_what_a_file_would_change_and_reload_puts_it_in_force() {
     );
 
     // Checking changed nothing; reloading the broker's own file does.
-    let mut reload = vec!["policy", "reload"];
-    reload.extend(conn);
-    let same = liaison(&reload, dir.path());
+    let reload = ["policy", "reload"];
+    let same = admin.run(&reload);
     assert!(same.status.success(), "{}", text(&same));
     assert!(text(&same).contains("no change"), "{}", text(&same));
     std::fs::write(&policy, &new).expect("write");
-    let applied = liaison(&reload, dir.path());
+    let applied = admin.run(&reload);
     assert!(applied.status.success(), "{}", text(&applied));
     assert!(text(&applied).contains("+ node AF"), "{}", text(&applied));
 
     // A cut file is refused, and the broker says so.
     std::fs::write(&policy, new.split("[[agreement]]").next().expect("half")).expect("write");
-    let refused = liaison(&reload, dir.path());
+    let refused = admin.run(&reload);
     assert!(!refused.status.success());
     assert!(
         text(&refused).contains("FailedPrecondition") || text(&refused).contains("was refused"),

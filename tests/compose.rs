@@ -3,8 +3,6 @@
 //! run against the local build, with volumes mapped to a temporary directory
 //! and container addresses to loopback.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -80,7 +78,9 @@ fn spawn(args: &[String]) -> (Child, mpsc::Receiver<String>) {
 }
 
 fn ready(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
-    let line = rx.recv_timeout(common::PATIENCE).expect("readiness line");
+    let line = rx
+        .recv_timeout(liaison_testkit::PATIENCE)
+        .expect("readiness line");
     line.strip_prefix(prefix)
         .unwrap_or_else(|| panic!("unexpected line {line:?}"))
         .to_owned()

@@ -1,16 +1,14 @@
 //! Durability: acknowledged alerts survive a restart and `kill -9`, and a
 //! shutdown completes within its deadline while subscribers are connected.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use liaison::client;
 use liaison::proto as pb;
 use liaison::store::{Store, StoreConfig};
+use liaison_testkit::*;
 use prost::Message as _;
 use rand::Rng;
 

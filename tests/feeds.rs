@@ -2,10 +2,8 @@
 //! resuming after a reconnect and after a broker restart, start positions
 //! and takeover of a durable feed.
 
-mod common;
-
-use common::*;
 use liaison::proto as pb;
+use liaison_testkit::*;
 
 fn short_wait(feed: &str, window: u32) -> pb::OpenFeed {
     pb::OpenFeed {

@@ -4,8 +4,6 @@
 //! rules allow is delivered. The rules are restated independently here (the
 //! model) and compared with what the broker core does.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -159,7 +157,7 @@ fn model(
 }
 
 fn to_proto(a: &TestAlert, nodes: &[NodeId], n: usize) -> pb::Alert {
-    let mut alert = common::alert(CATEGORIES[a.category], &format!("alert {n}"));
+    let mut alert = liaison_testkit::alert(CATEGORIES[a.category], &format!("alert {n}"));
     if a.exercise {
         alert.status = pb::Status::Exercise as i32;
     }
@@ -223,7 +221,7 @@ async fn check(alerts: Vec<TestAlert>, agreements: Vec<TestAgreement>, opt_ins: 
     }
     // A sentinel everyone may see, after everything else: a feed that has
     // delivered it has delivered everything before it.
-    let sentinel = common::alert(pb::Category::Other, "sentinel");
+    let sentinel = liaison_testkit::alert(pb::Category::Other, "sentinel");
     let sentinel_marking = pb::Marking {
         tlp: pb::Tlp::Clear as i32,
         ..Default::default()

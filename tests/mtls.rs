@@ -1,15 +1,13 @@
 //! Identity comes from the client certificate only, and every bad
 //! certificate is refused with a clear reason.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use liaison::client;
 use liaison::pki::{Ca, LeafSpec};
 use liaison::proto as pb;
 use liaison::tls::TlsFiles;
+use liaison_testkit::*;
 use time::OffsetDateTime;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -109,33 +107,29 @@ async fn an_expired_certificate_is_refused() {
         .connect()
         .await
         .expect("connect");
-    let mut admin = pb::admin_client::AdminClient::new(channel);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let mut trail = admin
-            .audit(pb::AdminAuditRequest { from_seq: 1 })
-            .await
-            .expect("audit")
-            .into_inner();
-        let mut found = None;
-        while let Some(e) = trail.message().await.expect("entry") {
-            if e.kind == "auth_failure" {
-                found = Some(e.detail);
+    let admin = pb::admin_client::AdminClient::new(channel);
+    let detail = eventually("an auth_failure record", || {
+        let mut admin = admin.clone();
+        async move {
+            let mut trail = admin
+                .audit(pb::AdminAuditRequest { from_seq: 1 })
+                .await
+                .expect("audit")
+                .into_inner();
+            let mut found = None;
+            while let Some(e) = trail.message().await.expect("entry") {
+                if e.kind == "auth_failure" {
+                    found = Some(e.detail);
+                }
             }
+            found.ok_or(())
         }
-        if let Some(detail) = found {
-            assert!(
-                detail.contains(&format!("of {TJ_POST}")) && detail.contains("certificate "),
-                "{detail}"
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no auth_failure record"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert!(
+        detail.contains(&format!("of {TJ_POST}")) && detail.contains("certificate "),
+        "{detail}"
+    );
 }
 
 #[tokio::test]
@@ -225,20 +219,11 @@ async fn the_broker_takes_new_certificates_without_a_restart() {
     for f in ["ca.crt", "broker.crt", "broker.key"] {
         std::fs::copy(fresh.path().join(f), broker.pki.path().join(f)).expect("copy");
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match attempt(&broker, &new_node).await {
-            Ok(id) => {
-                assert_eq!(id, AF_OFFICE);
-                break;
-            }
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the new certificates were never used: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let id = eventually("the new certificates are used", || async {
+        attempt(&broker, &new_node).await
+    })
+    .await;
+    assert_eq!(id, AF_OFFICE);
     // Certificates of the old CA no longer get in.
     assert!(attempt(&broker, &old).await.is_err());
 }

@@ -1,13 +1,11 @@
 //! Operating a broker: metrics that move with traffic, admin views for
 //! administrators only, reflection and health.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
-use common::*;
 use liaison::proto as pb;
+use liaison_testkit::*;
 use tokio_stream::StreamExt;
 
 /// `GET /metrics` on a plain TCP connection.
@@ -104,23 +102,17 @@ async fn the_metrics_endpoint_counts_what_happens() {
         assert!(c.who_am_i(pb::WhoAmIRequest {}).await.is_err());
     }
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let after = loop {
+    let after = eventually("the metrics move", || async {
         let m = scrape(&metrics_url);
-        if value(&m, "liaison_acks_total") >= 1.0
+        (value(&m, "liaison_acks_total") >= 1.0
             && value(
                 &m,
                 "liaison_certificate_refusals_total{reason=\"unknown_ca\"}",
-            ) >= 1.0
-        {
-            break m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never moved:\n{m}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+            ) >= 1.0)
+            .then_some(m)
+            .ok_or(())
+    })
+    .await;
     assert_eq!(
         value(&after, "liaison_publishes_total{result=\"accepted\"}"),
         2.0

@@ -2,13 +2,11 @@
 //! are not a message, messages over the size limit, streams used out of
 //! order, reflection for older tools, and connections that never speak.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::BufMut;
-use common::*;
 use liaison::proto as pb;
+use liaison_testkit::*;
 use prost::Message;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -215,7 +213,7 @@ async fn a_second_open_on_a_subscribe_stream_is_refused() {
     let mut officer = broker.client(AF_OFFICE).await;
     let (tx, rx) = mpsc::channel(4);
     let open = |feed: &str| pb::SubscribeRequest {
-        request: Some(pb::subscribe_request::Request::Open(common::open(
+        request: Some(pb::subscribe_request::Request::Open(liaison_testkit::open(
             feed,
             pb::Filter::default(),
         ))),

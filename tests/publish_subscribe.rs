@@ -1,12 +1,10 @@
 //! Publish → feed round trips, filters, dedupe, streaming publish, history,
 //! markings and per-origin order.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
 use liaison::proto as pb;
+use liaison_testkit::*;
 use tokio_stream::StreamExt;
 
 #[tokio::test]

@@ -2,16 +2,14 @@
 //! go once the log is over its size or age limit, what is removed is
 //! counted, the rest (and its dedupe) stays.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::alert;
 use liaison::alert::{Limits, validate};
 use liaison::broker::{Broker, BrokerConfig};
 use liaison::identity::NodeId;
 use liaison::proto as pb;
 use liaison::store::{Store, StoreConfig};
+use liaison_testkit::alert;
 use tokio_util::sync::CancellationToken;
 
 fn open_broker(dir: &std::path::Path) -> (Broker, Store) {
@@ -28,7 +26,7 @@ fn open_broker(dir: &std::path::Path) -> (Broker, Store) {
 async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
     let dir = tempfile::tempdir().expect("tmp");
     let (broker, store) = open_broker(dir.path());
-    let node: NodeId = common::TJ_POST.parse().expect("urn");
+    let node: NodeId = liaison_testkit::TJ_POST.parse().expect("urn");
     let mut ids = Vec::new();
     for i in 0..40 {
         let a = alert(pb::Category::Drugs, &format!("alert {i}"));
@@ -55,7 +53,7 @@ async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
     );
 
     // A pruned id is gone; a retained one still dedupes.
-    let viewer: NodeId = common::AF_OFFICE.parse().expect("urn");
+    let viewer: NodeId = liaison_testkit::AF_OFFICE.parse().expect("urn");
     assert!(broker.get(&viewer, &ids[0].parse().expect("id")).is_err());
     let mut again = alert(pb::Category::Drugs, "again");
     again.id = ids[39].clone();
@@ -78,7 +76,7 @@ async fn prune_by_size_removes_the_oldest_and_keeps_dedupe_for_the_rest() {
 async fn prune_by_age_removes_only_alerts_older_than_the_limit() {
     let dir = tempfile::tempdir().expect("tmp");
     let (broker, store) = open_broker(dir.path());
-    let node: NodeId = common::TJ_POST.parse().expect("urn");
+    let node: NodeId = liaison_testkit::TJ_POST.parse().expect("urn");
     for i in 0..5 {
         broker
             .publish(&node, alert(pb::Category::Health, &format!("{i}")))

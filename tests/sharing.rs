@@ -2,12 +2,10 @@
 //! borders, reload (and refusal of a bad file), receipts and who may read
 //! them, and the tamper-evident audit trail.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
 use liaison::proto as pb;
+use liaison_testkit::*;
 use tokio_stream::StreamExt;
 
 const NATIONAL_CENTRE: &str = "urn:liaison:TJ:border-guard:dushanbe";

@@ -3,15 +3,13 @@
 //! that are damaged. Nothing acknowledged is dropped quietly, no sequence
 //! number is given out twice, and every refusal names what is wrong.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use liaison::client;
 use liaison::proto as pb;
+use liaison_testkit::*;
 use tonic::Code;
 
 /// A small tmpfs of our own, so that its disk can be filled without
@@ -84,23 +82,19 @@ async fn broker_on(fs: &Tmpfs, reserve: u64) -> TestBroker {
 }
 
 /// Publishes until the broker refuses; returns the refusal.
-async fn publish_until_refused(post: &mut Client) -> tonic::Status {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match post
-            .publish(pb::PublishRequest {
+async fn publish_until_refused(post: &Client) -> tonic::Status {
+    eventually("the broker refuses alerts on a full disk", || {
+        let mut post = post.clone();
+        async move {
+            post.publish(pb::PublishRequest {
                 alert: Some(alert(pb::Category::Drugs, "on a full disk")),
             })
             .await
-        {
-            Err(status) => return status,
-            Ok(_) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the broker kept accepting alerts on a full disk"
-            ),
+            .err()
+            .ok_or("accepted")
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn health(broker: &TestBroker) -> i32 {
@@ -140,14 +134,10 @@ async fn wait_for_health(broker: &TestBroker, serving: bool) {
     } else {
         ServingStatus::NotServing
     } as i32;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while health(broker).await != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never became {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("health becomes {want}"), || async {
+        (health(broker).await == want).then_some(()).ok_or(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +152,7 @@ async fn below_the_free_space_reserve_alerts_are_refused_reads_go_on_and_writes_
     }
     let filler = fs.fill(4 * 1024 * 1024);
 
-    let refused = publish_until_refused(&mut post).await;
+    let refused = publish_until_refused(&post).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
         refused.message().contains("below the reserve")

@@ -1,13 +1,11 @@
 //! Malformed alerts are refused with INVALID_ARGUMENT naming the field and
 //! the rule, and nothing of them is stored.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
 use liaison::alert::timestamp;
 use liaison::proto as pb;
+use liaison_testkit::*;
 
 type Mutation = fn(&mut pb::Alert);
 

@@ -23,14 +23,14 @@ use tonic::transport::Channel;
 pub use soak::{Soak, soak};
 pub use workloads::{drain, e2e, fanout, idle, publish, restart};
 
-use crate::alert::timestamp;
-use crate::client;
-use crate::identity::NodeId;
-use crate::pki;
-use crate::proto as pb;
-use crate::proto::broker_client::BrokerClient;
-use crate::server::{self, ServeConfig, ServeError};
-use crate::tls::TlsFiles;
+use liaison::alert::timestamp;
+use liaison::client;
+use liaison::identity::NodeId;
+use liaison::pki;
+use liaison::proto as pb;
+use liaison::proto::broker_client::BrokerClient;
+use liaison::server::{self, ServeConfig, ServeError};
+use liaison::tls::TlsFiles;
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -18,11 +18,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{BenchResult, Report, alert, histogram, micros};
-use crate::alert::system_time;
-use crate::identity::NodeId;
-use crate::pki;
-use crate::proto as pb;
-use crate::tls::TlsFiles;
+use liaison::alert::system_time;
+use liaison::identity::NodeId;
+use liaison::pki;
+use liaison::proto as pb;
+use liaison::tls::TlsFiles;
 
 /// What the soak runs.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +155,7 @@ pub async fn soak(s: Soak) -> BenchResult<Report> {
     let mut tasks = Vec::new();
     for f in 0..s.feeds {
         let files = child.node(&format!("soak-feed-{f}"))?;
-        let client = crate::client::connect(&child.url, Some(&files)).await?;
+        let client = liaison::client::connect(&child.url, Some(&files)).await?;
         tasks.push(tokio::spawn(follow(
             client,
             category(f),
@@ -166,9 +166,9 @@ pub async fn soak(s: Soak) -> BenchResult<Report> {
     let mut publishers = Vec::new();
     for n in 0..s.nodes {
         let files = child.node(&format!("soak-{n}"))?;
-        publishers.push(crate::client::connect(&child.url, Some(&files)).await?);
+        publishers.push(liaison::client::connect(&child.url, Some(&files)).await?);
     }
-    let admin = crate::client::endpoint(&child.url, Some(&child.node("soak-admin")?))?
+    let admin = liaison::client::endpoint(&child.url, Some(&child.node("soak-admin")?))?
         .connect()
         .await?;
     let mut admin = pb::admin_client::AdminClient::new(admin);
@@ -290,7 +290,7 @@ fn summarise(
 
 /// One post: publishes every `period`, starting after `offset`.
 async fn publish(
-    mut client: crate::proto::broker_client::BrokerClient<tonic::transport::Channel>,
+    mut client: liaison::proto::broker_client::BrokerClient<tonic::transport::Channel>,
     category: i32,
     period: Duration,
     offset: Duration,
@@ -327,7 +327,7 @@ async fn publish(
 /// One liaison office: a durable feed of one category, each delivery
 /// acknowledged as it comes.
 async fn follow(
-    mut client: crate::proto::broker_client::BrokerClient<tonic::transport::Channel>,
+    mut client: liaison::proto::broker_client::BrokerClient<tonic::transport::Channel>,
     category: i32,
     tally: Arc<Tally>,
     stop: CancellationToken,

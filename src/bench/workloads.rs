@@ -10,9 +10,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{BenchResult, Report, Target, alert, histogram, micros};
-use crate::agent::{self, AgentConfig};
-use crate::alert::system_time;
-use crate::proto as pb;
+use liaison::agent::{self, AgentConfig};
+use liaison::alert::system_time;
+use liaison::proto as pb;
 
 /// Time spent before measuring, so connections and caches are warm.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -359,7 +359,7 @@ pub async fn drain(target: &mut Target, count: u64, size: usize) -> BenchResult<
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let agent = tokio::spawn(agent::run(listener, config, shutdown.clone()));
-    let mut post = crate::client::connect(&url, None).await?;
+    let mut post = liaison::client::connect(&url, None).await?;
     let requests = futures::stream::iter((0..count).map(move |_| pb::PublishRequest {
         alert: Some(alert(size)),
     }));
@@ -367,7 +367,7 @@ pub async fn drain(target: &mut Target, count: u64, size: usize) -> BenchResult<
     while let Some(a) = answers.next().await {
         a?;
     }
-    let channel = crate::client::endpoint(&url, None)?.connect().await?;
+    let channel = liaison::client::endpoint(&url, None)?.connect().await?;
     let mut status = pb::agent_client::AgentClient::new(channel);
     local.start_at(broker_addr).await?;
     let mut up = None;
@@ -418,7 +418,7 @@ pub async fn restart(target: &mut Target, count: u64, size: usize) -> BenchResul
     let files = local.node("bench-probe")?;
     let url = format!("https://{}", local.addr);
     loop {
-        if let Ok(ep) = crate::client::endpoint(&url, Some(&files))
+        if let Ok(ep) = liaison::client::endpoint(&url, Some(&files))
             && let Ok(channel) = ep.connect().await
         {
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);

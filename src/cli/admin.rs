@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::client_cmds::status_error;
 use super::conn::ConnArgs;
 use super::json::time_json;
-use crate::proto as pb;
+use liaison::proto as pb;
 
 #[derive(Debug, Subcommand)]
 pub enum AdminView {
@@ -39,7 +39,7 @@ pub struct AuditArgs {
 }
 
 async fn audit(args: AuditArgs) -> Result<ExitCode> {
-    let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
+    let channel = liaison::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
         .connect()
         .await?;
     let mut entries = pb::admin_client::AdminClient::new(channel)
@@ -51,7 +51,7 @@ async fn audit(args: AuditArgs) -> Result<ExitCode> {
         .into_inner();
     let mut records = Vec::new();
     while let Some(e) = entries.message().await.map_err(status_error)? {
-        let (seq, record) = crate::audit::from_entry(e);
+        let (seq, record) = liaison::audit::from_entry(e);
         if args.verify {
             records.push((seq, record));
         } else {
@@ -66,11 +66,11 @@ async fn audit(args: AuditArgs) -> Result<ExitCode> {
     if !args.verify {
         return Ok(ExitCode::SUCCESS);
     }
-    match crate::audit::verify(records) {
+    match liaison::audit::verify(records) {
         Ok((n, head)) => {
             println!(
                 "audit trail intact: {n} records; head hash {}",
-                crate::pki::hex(&head)
+                liaison::pki::hex(&head)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -148,7 +148,7 @@ pub async fn run(view: AdminView) -> Result<ExitCode> {
 }
 
 async fn table_view(view: Table, args: &AdminArgs) -> Result<ExitCode> {
-    let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
+    let channel = liaison::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
         .connect()
         .await?;
     let mut admin = pb::admin_client::AdminClient::new(channel);
@@ -230,7 +230,7 @@ async fn table_view(view: Table, args: &AdminArgs) -> Result<ExitCode> {
 
 /// Exit 0 when the service reports SERVING (for container health checks).
 pub async fn health(args: HealthArgs) -> Result<ExitCode> {
-    let channel = crate::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
+    let channel = liaison::client::endpoint(&args.conn.broker, args.conn.tls_files()?.as_ref())?
         .connect()
         .await?;
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());

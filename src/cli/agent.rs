@@ -15,10 +15,10 @@ use super::alert_args::parse_duration;
 use super::client_cmds::{FilterArgs, status_error};
 use super::json::time_json;
 use super::serve::on_signal;
-use crate::agent::{self, AgentConfig};
-use crate::proto as pb;
-use crate::store::OutboxLimits;
-use crate::tls::TlsFiles;
+use liaison::agent::{self, AgentConfig};
+use liaison::proto as pb;
+use liaison::store::OutboxLimits;
+use liaison::tls::TlsFiles;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -147,7 +147,7 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
 }
 
 async fn status(args: AgentStatusArgs) -> Result<ExitCode> {
-    let channel = crate::client::endpoint(&args.agent, None)?
+    let channel = liaison::client::endpoint(&args.agent, None)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the agent at {}", args.agent))?;

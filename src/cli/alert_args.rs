@@ -9,8 +9,8 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 
 use super::json::{parse_enum, parse_time};
-use crate::alert::timestamp;
-use crate::proto as pb;
+use liaison::alert::timestamp;
+use liaison::proto as pb;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct AlertArgs {

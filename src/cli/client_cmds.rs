@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::alert_args::{AlertArgs, parse_duration};
 use super::conn::ConnArgs;
 use super::json::{alert_from_json, parse_enum, parse_time, record_json, short, time_json};
-use crate::proto as pb;
+use liaison::proto as pb;
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {

@@ -175,23 +175,6 @@ fn flag_args(key: &Key, value: &toml::Value) -> Result<Vec<String>, String> {
     })
 }
 
-/// Reads a configuration file into flags for `kind`; keys whose environment
-/// variable is set are left out (the environment wins over the file).
-///
-/// # Errors
-/// Every problem, each with its line: syntax, unknown keys, wrong types,
-/// malformed durations.
-pub fn to_flags(
-    text: &str,
-    kind: Kind,
-    env_set: impl Fn(&str) -> bool,
-) -> Result<Vec<String>, Vec<ConfigError>> {
-    Ok(settings(text, kind, env_set)?
-        .into_iter()
-        .flat_map(|s| s.flags)
-        .collect())
-}
-
 /// One setting of a file: its line and its flags.
 pub struct Setting {
     pub line: usize,
@@ -199,10 +182,13 @@ pub struct Setting {
     pub flags: Vec<String>,
 }
 
-/// The settings of a file, each with its line (see [`to_flags`]).
+/// The settings of a file, each with its line and its flags; keys whose
+/// environment variable is set are left out (the environment wins over the
+/// file).
 ///
 /// # Errors
-/// As [`to_flags`].
+/// Every problem, each with its line: syntax, unknown keys, wrong types,
+/// malformed durations.
 pub fn settings(
     text: &str,
     kind: Kind,
@@ -327,6 +313,18 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flags a file makes, in order.
+    fn to_flags(
+        text: &str,
+        kind: Kind,
+        env_set: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, Vec<ConfigError>> {
+        Ok(settings(text, kind, env_set)?
+            .into_iter()
+            .flat_map(|s| s.flags)
+            .collect())
+    }
 
     #[test]
     fn a_file_becomes_flags_and_the_environment_wins_over_it() {

@@ -7,9 +7,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 use tonic::transport::Channel;
 
-use crate::client;
-use crate::proto::broker_client::BrokerClient;
-use crate::tls::TlsFiles;
+use liaison::client;
+use liaison::proto::broker_client::BrokerClient;
+use liaison::tls::TlsFiles;
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {

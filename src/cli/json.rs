@@ -11,8 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
-use crate::alert::{system_time, timestamp};
-use crate::proto as pb;
+use liaison::alert::{system_time, timestamp};
+use liaison::proto as pb;
 
 /// An enum of the proto whose names share a prefix.
 pub trait ProtoEnum: Sized + Copy {

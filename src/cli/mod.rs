@@ -17,9 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use alert_args::AlertArgs;
-pub use client_cmds::{FilterArgs, GetArgs, HistoryArgs, PublishArgs, SubscribeArgs};
-pub use conn::ConnArgs;
+pub use client_cmds::{GetArgs, HistoryArgs, PublishArgs, SubscribeArgs};
 pub use serve::ServeArgs;
 
 /// Liaison: a message broker for cross-border alert sharing between border
@@ -145,7 +143,7 @@ pub enum CertsCommand {
         dir: PathBuf,
         /// The node's identity, urn:liaison:<CC>:<agency>:<node>.
         #[arg(long)]
-        node: crate::identity::NodeId,
+        node: liaison::identity::NodeId,
         /// File name for the certificate and key (NAME.crt, NAME.key).
         #[arg(long)]
         name: String,
@@ -193,8 +191,8 @@ async fn start_metrics(
     let addr: std::net::SocketAddr = spec.parse().map_err(|_| {
         anyhow::anyhow!("--metrics: `{spec}` is not an address such as 127.0.0.1:9464 (or \"off\")")
     })?;
-    let handle = crate::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    match crate::metrics::start(addr, handle, shutdown.clone()).await {
+    let handle = liaison::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    match liaison::metrics::start(addr, handle, shutdown.clone()).await {
         Ok(bound) => announce(&format!("liaison: metrics on http://{bound}/metrics")),
         Err(e) => {
             tracing::warn!(%addr, error = %e, "metrics endpoint not available; running without it")
@@ -303,16 +301,16 @@ fn check_config(file: &std::path::Path, kind: Option<ConfigKind>) -> anyhow::Res
 
 fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     let written = match cmd {
-        CertsCommand::Init { dir, hosts, force } => crate::pki::init(&dir, &hosts, force)?,
+        CertsCommand::Init { dir, hosts, force } => liaison::pki::init(&dir, &hosts, force)?,
         CertsCommand::Issue {
             dir,
             node,
             name,
             days,
             force,
-        } => crate::pki::issue_node(&dir, &node, &name, days, force)?,
+        } => liaison::pki::issue_node(&dir, &node, &name, days, force)?,
         CertsCommand::Revoke { dir, name } => {
-            let r = crate::pki::revoke(&dir, &name)?;
+            let r = liaison::pki::revoke(&dir, &name)?;
             if r.already {
                 println!("{name}.crt (serial {}) was already revoked", r.serial);
             } else {

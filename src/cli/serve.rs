@@ -1,5 +1,5 @@
 //! `liaison serve`: flags, the development-PKI bootstrap and signal handling
-//! around [`crate::server::run`].
+//! around [`liaison::server::run`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::alert_args::parse_duration;
-use crate::broker::Retention;
-use crate::pki;
-use crate::server::{self, ServeConfig};
-use crate::store::{StoreConfig, WalRecovery};
-use crate::tls::TlsFiles;
+use liaison::broker::Retention;
+use liaison::pki;
+use liaison::server::{self, ServeConfig};
+use liaison::store::{StoreConfig, WalRecovery};
+use liaison::tls::TlsFiles;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

@@ -11,10 +11,10 @@ use serde_json::json;
 use super::client_cmds::status_error;
 use super::conn::ConnArgs;
 use super::json::{hex, parse_time, time_json};
-use crate::alert::{micros, system_time};
-use crate::audit::{self, AuditRecord};
-use crate::proto as pb;
-use crate::store::{Store, StoreConfig};
+use liaison::alert::{micros, system_time};
+use liaison::audit::{self, AuditRecord};
+use liaison::proto as pb;
+use liaison::store::{Store, StoreConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -112,7 +112,7 @@ async fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode> {
     let file = &args.file;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let policy = match crate::policy::parse(&text) {
+    let policy = match liaison::policy::parse(&text) {
         Ok(p) => p,
         Err(errors) => {
             for e in &errors {
@@ -152,7 +152,7 @@ async fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode> {
 async fn admin_client(
     conn: &ConnArgs,
 ) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
-    let channel = crate::client::endpoint(&conn.broker, conn.tls_files()?.as_ref())?
+    let channel = liaison::client::endpoint(&conn.broker, conn.tls_files()?.as_ref())?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", conn.broker))?;
@@ -229,7 +229,7 @@ pub async fn receipts(args: ReceiptsArgs) -> Result<ExitCode> {
 pub(super) fn audit_json(r: &AuditRecord) -> serde_json::Value {
     json!({
         "seq": r.seq,
-        "time": time_json(&Some(crate::alert::timestamp(r.time()))),
+        "time": time_json(&Some(liaison::alert::timestamp(r.time()))),
         "kind": r.kind,
         "actor": r.actor,
         "alert_id": r.alert_id,

@@ -13,7 +13,6 @@
 //!   exclude.
 
 pub mod gazetteer;
-pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,17 +26,17 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentConfig};
-use crate::alert::timestamp;
-use crate::client;
-use crate::identity::NodeId;
-use crate::pki;
-use crate::proto as pb;
-use crate::server::{self, ServeConfig};
-use crate::store::{Store, StoreConfig};
-use crate::tls::TlsFiles;
 use gazetteer::{AGENCIES, Crossing};
-use proxy::{FlakyProxy, Mode};
+use liaison::agent::{self, AgentConfig};
+use liaison::alert::timestamp;
+use liaison::client;
+use liaison::flaky::{FlakyProxy, Mode};
+use liaison::identity::NodeId;
+use liaison::pki;
+use liaison::proto as pb;
+use liaison::server::{self, ServeConfig};
+use liaison::store::{Store, StoreConfig};
+use liaison::tls::TlsFiles;
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -83,7 +82,7 @@ struct Sent {
 }
 
 impl Sent {
-    fn from_stored(a: &crate::alert::Alert) -> Sent {
+    fn from_stored(a: &liaison::alert::Alert) -> Sent {
         Sent {
             origin: a.origin.clone(),
             category: a.category,
@@ -351,49 +350,10 @@ async fn start_posts(
 
 /// A realistic alert from `post`.
 fn make_alert(post: &Post, offices: &[Office], rng: &mut impl Rng) -> (pb::Alert, Sent) {
-    use pb::Category as C;
     let x = post.crossing;
     let n: u32 = rng.random_range(2..60);
-    let mut choices = vec![
-        (
-            C::Drugs,
-            format!("{n} kg of heroin hidden in a lorry at {}", x.name),
-        ),
-        (C::Drugs, format!("Opium seizure near {}", x.name)),
-        (
-            C::Arms,
-            format!("Rifles and ammunition in transit cargo at {}", x.name),
-        ),
-        (
-            C::Cbrn,
-            format!("Radiation portal alarm on a lorry at {}", x.name),
-        ),
-        (
-            C::Terrorism,
-            format!("Suspected foreign terrorist fighter at {}", x.name),
-        ),
-        (
-            C::HumanSmuggling,
-            format!("{n} migrants found in a smuggler's van near {}", x.name),
-        ),
-        (
-            C::Migration,
-            format!("Group of {n} people waiting to cross at {}", x.name),
-        ),
-        (
-            C::DocumentFraud,
-            format!("Forged passports detected at {}", x.name),
-        ),
-        (
-            C::Health,
-            format!("Fever screening at {} after an outbreak report", x.name),
-        ),
-        (
-            C::Other,
-            format!("Unusual activity reported near {}", x.name),
-        ),
-    ];
-    let (category, headline) = choices.swap_remove(rng.random_range(0..choices.len()));
+    let (category, template) = *gazetteer::REPORTS.choose(rng).expect("non-empty");
+    let headline = gazetteer::report(template, n, x.name);
     let tlp = *[
         pb::Tlp::Clear,
         pb::Tlp::Green,

@@ -1,7 +1,9 @@
-//! Test helpers: one in-process broker on 127.0.0.1:0 with a temporary data
-//! directory and certificates generated at test time, plus alert builders
-//! and a feed subscriber.
-#![allow(dead_code)]
+//! Test support for Liaison's integration tests (and anyone testing
+//! software against a broker): a broker or an agent in-process on
+//! `127.0.0.1:0` with a temporary data directory and certificates generated
+//! at test time, or as a `liaison` child process; alert builders; a feed
+//! subscriber; [`eventually`], the one bounded polling loop; and [`Cli`], the
+//! `--broker --certs --name` a command line repeats.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -30,12 +32,106 @@ use tonic::transport::Channel;
 /// a timing assumption.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The `liaison` binary of the build the running test belongs to (cargo
+/// builds it before a package's integration tests; they run from
+/// `target/<profile>/deps`).
+pub fn liaison_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("deps directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("liaison")
+}
+
+/// Polls `check` until it yields `Ok`, at most for [`PATIENCE`]; the test
+/// fails naming `what` and the last `Err` (what was seen instead)
+/// otherwise. Readiness by observation, not by sleeping a guessed time.
+pub async fn eventually<T, E, F, Fut>(what: &str, mut check: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened within {PATIENCE:?}: {what}; last seen: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `liaison` command line run in a directory, optionally as a node of
+/// a broker (the `--broker URL --certs D --name N` every client command
+/// repeats).
+#[derive(Debug, Clone)]
+pub struct Cli {
+    dir: PathBuf,
+    conn: Vec<String>,
+}
+
+impl Cli {
+    /// Commands run in `dir`.
+    pub fn new(dir: &Path) -> Cli {
+        Cli {
+            dir: dir.to_owned(),
+            conn: Vec::new(),
+        }
+    }
+
+    /// The same, as node `name` (certificate `certs/name.*`) of `broker`.
+    pub fn node(&self, broker: &str, certs: &str, name: &str) -> Cli {
+        Cli {
+            dir: self.dir.clone(),
+            conn: ["--broker", broker, "--certs", certs, "--name", name]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    /// Runs `liaison ARGS` (plus the node's flags).
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(liaison_bin())
+            .args(args)
+            .args(&self.conn)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run liaison")
+    }
+
+    /// Runs it and returns its standard output; fails the test (with both
+    /// outputs) when the command fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "liaison {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
+
 pub type Client = BrokerClient<Channel>;
 
 /// A development PKI in a temporary directory.
 pub struct Pki {
     pub dir: TempDir,
     pub ca: Ca,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Pki {
@@ -329,7 +425,7 @@ impl ServeProcess {
 
     /// The `liaison serve` command line these tests use.
     pub fn command(certs: &Path, data: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
+        let mut cmd = Command::new(liaison_bin());
         cmd.args([
             "serve",
             "--listen",
@@ -499,18 +595,11 @@ impl TestAgent {
         what: &str,
         pred: impl Fn(&pb::AgentStatusResponse) -> bool,
     ) -> pb::AgentStatusResponse {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually(&format!("the agent reaches: {what}"), || async {
             let s = self.status().await;
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "agent never reached: {what}; last status {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if pred(&s) { Ok(s) } else { Err(s) }
+        })
+        .await
     }
 
     pub async fn stop(&mut self) {
@@ -559,19 +648,19 @@ pub async fn broker_alerts(client: &mut Client) -> Vec<pb::AlertRecord> {
 
 /// Waits (bounded) until the broker holds `n` alerts visible to `client`.
 pub async fn wait_for_broker_alerts(client: &mut Client, n: usize) -> Vec<pb::AlertRecord> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let alerts = broker_alerts(client).await;
-        if alerts.len() >= n {
-            return alerts;
+    let client = client.clone();
+    eventually(&format!("the broker holds {n} alerts"), || {
+        let mut client = client.clone();
+        async move {
+            let alerts = broker_alerts(&mut client).await;
+            if alerts.len() >= n {
+                Ok(alerts)
+            } else {
+                Err(format!("{} alerts", alerts.len()))
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "broker has {} of {n} alerts",
-            alerts.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 pub fn headlines(records: &[pb::AlertRecord]) -> Vec<String> {
@@ -615,7 +704,7 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `liaison agent` with the node certificate `name` in `certs`.
     pub fn start(upstream: &str, certs: &Path, name: &str, data: &Path) -> AgentProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_liaison"));
+        let mut cmd = Command::new(liaison_bin());
         cmd.args([
             "agent",
             "--listen",
