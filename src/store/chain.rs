@@ -14,7 +14,10 @@ use super::{Store, keys};
 use crate::alert::micros;
 use crate::audit::{AuditEvent, AuditRecord};
 
-/// The head of the audit chain (writer thread).
+/// The head of the audit chain (writer thread). Cloned at the start of a
+/// commit, so that a group that fails gives back the sequence numbers and
+/// the link its records took.
+#[derive(Debug, Clone)]
 pub struct Chain {
     next_seq: u64,
     prev_hash: Vec<u8>,

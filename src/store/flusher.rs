@@ -10,6 +10,7 @@ use tracing::error;
 
 use super::command::{Group, Meta};
 use super::error::StoreError;
+use super::faults::{Fault, Faults, injected};
 use super::lock;
 use super::recent::Recent;
 use super::wal::Shared;
@@ -35,12 +36,13 @@ pub fn run(
     failed: &Mutex<Option<StoreError>>,
     in_flusher: &AtomicUsize,
     synced: Option<Arc<Shared>>,
+    faults: Option<&Faults>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut groups = vec![first];
         groups.extend(jobs.try_iter());
         let n = groups.len();
-        sync_and_answer(groups, outlet, failed, synced.as_deref());
+        sync_and_answer(groups, outlet, failed, synced.as_deref(), faults);
         // Only now may the writer answer a group itself.
         in_flusher.fetch_sub(n, Ordering::AcqRel);
     }
@@ -54,6 +56,7 @@ pub fn sync_and_answer(
     outlet: &Outlet,
     failed: &Mutex<Option<StoreError>>,
     synced: Option<&Shared>,
+    faults: Option<&Faults>,
 ) {
     if let Some(cause) = lock(failed).clone() {
         let e = StoreError::Failed(Arc::new(cause));
@@ -62,7 +65,7 @@ pub fn sync_and_answer(
         }
         return;
     }
-    match sync(&groups) {
+    match sync(&groups, faults) {
         Ok(()) => {
             if let (Some(shared), Some(lsn)) = (synced, groups.iter().map(|g| g.lsn).max()) {
                 shared.synced_through(lsn);
@@ -86,7 +89,11 @@ pub fn sync_and_answer(
 /// One `fdatasync` per file the groups that wait for the disk went to. A
 /// sync covers every earlier write to the same file, and a full file is
 /// synced before the next one is written to.
-fn sync(groups: &[Group]) -> Result<(), StoreError> {
+fn sync(groups: &[Group], faults: Option<&Faults>) -> Result<(), StoreError> {
+    if injected(faults, Fault::WalSync) {
+        let e = std::io::Error::from_raw_os_error(libc::EIO);
+        return Err(StoreError::io("syncing the write-ahead log", e));
+    }
     let started = std::time::Instant::now();
     let mut files: Vec<&Arc<std::fs::File>> = Vec::new();
     for f in groups.iter().filter(|g| g.sync).flat_map(|g| &g.files) {

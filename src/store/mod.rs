@@ -26,6 +26,7 @@ mod chain;
 mod codec;
 mod command;
 mod error;
+mod faults;
 mod feeds;
 mod flusher;
 mod keys;
@@ -50,6 +51,7 @@ use command::Command;
 pub use command::{AppendKind, Appended, Meta, OutboxLimits, Outcome, Pruned};
 pub use error::StoreError;
 use error::corrupt;
+pub use faults::{Fault, Faults};
 pub use feeds::StoredFeed;
 pub use outbox::OutboxStats;
 use recent::Recent;
@@ -69,6 +71,8 @@ pub struct StoreConfig {
     /// (0: never; then a full disk stops the store's writes until restart).
     pub min_free_bytes: u64,
     pub wal: WalConfig,
+    /// Faults to inject (tests of the failure paths); `None` in service.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl Default for StoreConfig {
@@ -79,6 +83,7 @@ impl Default for StoreConfig {
             recent_bytes: 64 * 1024 * 1024,
             min_free_bytes: 256 * 1024 * 1024,
             wal: WalConfig::default(),
+            faults: None,
         }
     }
 }
@@ -148,7 +153,14 @@ impl Store {
         check_identity(dir, &db, &log)?;
         let failed = Arc::new(Mutex::new(None));
         let (wal, recovered) = sled_guard(dir, || {
-            wal::Wal::open(dir, &db, &log, config.wal, failed.clone())
+            wal::Wal::open(
+                dir,
+                &db,
+                &log,
+                config.wal,
+                failed.clone(),
+                config.faults.clone(),
+            )
         })?;
         let mut state = sled_guard(dir, || {
             meta::State::load(&log, recovered.maybe_acked_lost, recovered.max_next_seq)
@@ -185,6 +197,7 @@ impl Store {
             chain,
             space: space.clone(),
             writes: writes_tx.clone(),
+            faults: config.faults.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())
@@ -528,8 +541,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Opens the sled database and its trees, refusing damaged files with a
-/// message that names them.
+/// message that names them. A database still locked by a store of this
+/// process that is being dropped (sled lets go of its file lock when its
+/// last I/O handle goes, a moment after the drop) is waited for, briefly.
 fn open_sled(
+    dir: &Path,
+    config: &StoreConfig,
+) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match open_sled_once(dir, config) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(
     dir: &Path,
     config: &StoreConfig,
 ) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
@@ -543,13 +573,14 @@ fn open_sled(
             // I/O.
             .flush_every_ms(None)
             .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            .map_err(|e| {
+                if is_locked(dir) {
                     StoreError::Locked {
                         dir: dir.to_owned(),
                     }
+                } else {
+                    damaged(dir, &e.to_string())
                 }
-                other => damaged(dir, &other.to_string()),
             })?;
         let log = db.open_tree("log")?;
         let feeds = db.open_tree("feeds")?;
@@ -626,6 +657,24 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Whether another open file holds the lock sled takes on its database
+/// (sled reports a held lock only as text, so we ask the file system).
+fn is_locked(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(dir.join("db")) else {
+        return false;
+    };
+    // SAFETY: flock only takes the descriptor of `file`, which stays open
+    // for the call; a lock we get is released before the file is closed.
+    unsafe {
+        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+            return false;
+        }
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 /// sled keeps its settings in `conf`, ending with a CRC32 of the rest; a

@@ -37,6 +37,7 @@ use super::chain::Chain;
 use super::codec::{decode_record, encode_record};
 use super::command::{AppendKind, Appended, Batch, Command, Group, Pruned};
 use super::error::{StoreError, corrupt};
+use super::faults::{Fault, Faults, injected};
 use super::flusher::{self, Outlet};
 use super::meta::{self, State};
 use super::space::Space;
@@ -74,6 +75,7 @@ pub struct Writer {
     pub space: Arc<Space>,
     /// Whether alerts are accepted, for readers; shared with the handle.
     pub writes: Arc<watch::Sender<super::Writes>>,
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl Writer {
@@ -86,9 +88,19 @@ impl Writer {
                 self.in_flusher.clone(),
             );
             let synced = self.wal.as_ref().map(Wal::shared);
+            let faults = self.faults.clone();
             std::thread::Builder::new()
                 .name("liaison-store-flush".into())
-                .spawn(move || flusher::run(&jobs, &outlet, &failed, &in_flusher, synced))
+                .spawn(move || {
+                    flusher::run(
+                        &jobs,
+                        &outlet,
+                        &failed,
+                        &in_flusher,
+                        synced,
+                        faults.as_deref(),
+                    )
+                })
         };
         let flusher = match flusher {
             Ok(handle) => handle,
@@ -148,11 +160,14 @@ impl Writer {
             let refused = StoreError::Failed(Arc::new(cause));
             return refuse(commands, &refused);
         }
-        let saved = self.state;
+        let (saved, saved_chain) = (self.state, self.chain.clone());
         let (mut group, stop) = self.stage(commands, &saved);
         if let Err(e) = self.write_ahead(&mut group) {
             error!(error = %e, alerts = group.replies.len(), "commit failed; nothing of the group was acknowledged");
+            // Nothing of the group is stored: its sequence numbers, receive
+            // times, counters and audit records are given back.
             self.state = saved;
+            self.chain = saved_chain;
             group.fail(&e);
             return stop;
         }
@@ -246,7 +261,9 @@ impl Writer {
         // A write that fails wrote nothing a restart would replay (the WAL
         // stops the store's writes itself when a sync fails).
         let (file, lsn) = wal.append(&payload)?;
-        if let Err(e) = wal::apply(&self.log, &payload) {
+        let limit =
+            injected(self.faults.as_deref(), Fault::Apply).then(|| wal::decode_len(&payload) / 2);
+        if let Err(e) = wal::apply_some(&self.log, &payload, limit) {
             // Perhaps applied in part: only a replay of the log (at the next
             // open) can complete it. The record is written, so the group
             // may turn out stored although its callers were told it failed;
@@ -275,7 +292,13 @@ impl Writer {
             // answered (the flusher has none in hand, so commit order
             // holds). Syncing here saves waking the flusher, which is most
             // of a lone publish's latency after the sync.
-            flusher::sync_and_answer(vec![group], &self.outlet, &self.failed, synced.as_deref());
+            flusher::sync_and_answer(
+                vec![group],
+                &self.outlet,
+                &self.failed,
+                synced.as_deref(),
+                self.faults.as_deref(),
+            );
             return;
         }
         self.in_flusher.fetch_add(1, Ordering::AcqRel);

@@ -47,6 +47,7 @@ pub use recovery::Mode;
 
 use super::command::{Batch, Op, Reply, decode_ops};
 use super::error::StoreError;
+use super::faults::{Fault, Faults, injected};
 use super::{keys, lock};
 use checkpoint::Request;
 use frame::{FILE_HEADER, Header};
@@ -103,11 +104,39 @@ pub struct Recovered {
 /// # Errors
 /// When the payload does not decode, or sled fails.
 pub fn apply(log: &sled::Tree, payload: &[u8]) -> Result<(), StoreError> {
+    apply_some(log, payload, None)
+}
+
+/// [`apply`], stopping with an error after `limit` operations when one is
+/// given (an injected fault: a group applied in part).
+pub fn apply_some(
+    log: &sled::Tree,
+    payload: &[u8],
+    limit: Option<usize>,
+) -> Result<(), StoreError> {
     let ops = decode_ops(payload).map_err(|e| StoreError::Corrupt {
         what: "write-ahead log record".into(),
         detail: e.0,
     })?;
-    for op in ops {
+    if let Some(limit) = limit
+        && limit < ops.len()
+    {
+        apply_ops(log, &ops[..limit])?;
+        return Err(StoreError::io(
+            "sled (apply)",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+    }
+    apply_ops(log, &ops)
+}
+
+/// How many operations a payload holds (0 when it does not decode).
+pub fn decode_len(payload: &[u8]) -> usize {
+    decode_ops(payload).map_or(0, |ops| ops.len())
+}
+
+fn apply_ops(log: &sled::Tree, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    for op in ops.iter().copied() {
         match op {
             Op::Insert(k, v) => drop(log.insert(k, v).map_err(|e| StoreError::sled("apply", e))?),
             Op::Remove(k) => drop(log.remove(k).map_err(|e| StoreError::sled("apply", e))?),
@@ -135,6 +164,7 @@ pub struct Wal {
     /// Set when the log can no longer be trusted (a sync failed): the
     /// store refuses every later write. Shared with the writer.
     failed: Arc<Mutex<Option<StoreError>>>,
+    faults: Option<Arc<Faults>>,
 }
 
 impl Wal {
@@ -152,6 +182,7 @@ impl Wal {
         log: &sled::Tree,
         config: WalConfig,
         failed: Arc<Mutex<Option<StoreError>>>,
+        faults: Option<Arc<Faults>>,
     ) -> Result<(Wal, Recovered), StoreError> {
         let dir = data.join("wal");
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(dir.display().to_string(), e))?;
@@ -227,6 +258,7 @@ impl Wal {
             checkpointer: Some(checkpointer),
             buf: Vec::new(),
             failed,
+            faults,
         };
         Ok((wal, recovered))
     }
@@ -258,6 +290,13 @@ impl Wal {
     }
 
     fn write_record(&mut self, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
+        if injected(self.faults.as_deref(), Fault::WalWrite) {
+            let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+            return Err(StoreError::io(
+                self.path(self.number).display().to_string(),
+                e,
+            ));
+        }
         self.buf.clear();
         let synced = self.shared.synced.load(Ordering::Acquire);
         frame::encode(lsn, synced, payload, &mut self.buf);
@@ -578,7 +617,7 @@ mod tests {
             }
         };
         let log = db.open_tree("log").unwrap();
-        let (wal, _) = Wal::open(dir, &db, &log, config, Arc::default())?;
+        let (wal, _) = Wal::open(dir, &db, &log, config, Arc::default(), None)?;
         Ok((db, log, wal))
     }
 
