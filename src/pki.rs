@@ -360,12 +360,19 @@ pub fn read_crl(path: &Path) -> Result<(CrlEntries, u64), PkiError> {
         what: "certificate revocation list",
         reason,
     };
-    let pem = read(path)?;
-    let der = rustls_pemfile::crls(&mut pem.as_bytes())
+    parse_crl(read(path)?.as_bytes()).map_err(invalid)
+}
+
+/// The entries (serial, revocation time) and the number of a PEM CRL.
+///
+/// # Errors
+/// Why the text is not a CRL.
+pub fn parse_crl(pem: &[u8]) -> Result<(CrlEntries, u64), String> {
+    let der = rustls_pemfile::crls(&mut &pem[..])
         .next()
-        .ok_or_else(|| invalid("no PEM CRL".into()))?
-        .map_err(|e| invalid(e.to_string()))?;
-    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| invalid(e.to_string()))?;
+        .ok_or_else(|| "no PEM CRL".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| e.to_string())?;
     let entries = crl
         .iter_revoked_certificates()
         .map(|r| {

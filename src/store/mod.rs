@@ -505,6 +505,22 @@ impl Store {
     }
 }
 
+/// What recovery would replay from write-ahead log files (`(number,
+/// bytes)`) given the checkpoint key's value: the LSNs, or the damage that
+/// refuses the open. For `cargo fuzz` and for looking at a copy of a data
+/// directory; nothing is written.
+///
+/// # Errors
+/// The damage, as the store would report it.
+#[doc(hidden)]
+pub fn plan_wal_recovery(
+    files: Vec<(u32, Vec<u8>)>,
+    checkpoint: Option<&[u8]>,
+    mode: WalRecovery,
+) -> Result<Vec<u64>, String> {
+    wal::plan_only(files, checkpoint, mode)
+}
+
 /// Publishes whether alerts are accepted: not after a failure that stopped
 /// the writes, nor while the disk is below its reserve.
 fn report_writes(

@@ -444,6 +444,29 @@ fn read_files(dir: &Path) -> Result<Vec<recovery::WalFile>, StoreError> {
     Ok(files)
 }
 
+/// What recovery would replay, without a database (see
+/// `store::plan_wal_recovery`).
+pub fn plan_only(
+    files: Vec<(u32, Vec<u8>)>,
+    checkpoint: Option<&[u8]>,
+    mode: Mode,
+) -> Result<Vec<u64>, String> {
+    let files: Vec<recovery::WalFile> = files
+        .into_iter()
+        .map(|(number, bytes)| recovery::WalFile {
+            number,
+            path: PathBuf::from(format!("wal/{number}.log")),
+            bytes,
+        })
+        .collect();
+    let plan = recovery::plan(&files, checkpoint::decode(checkpoint), mode)
+        .map_err(|d| format!("{}, offset {}, LSN {}: {}", d.file.display(), d.offset, d.lsn, d.detail))?;
+    for (_, payload) in plan.replay.iter().chain(&plan.discarded) {
+        let _ = decode_ops(payload);
+    }
+    Ok(plan.replay.iter().map(|(lsn, _)| *lsn).collect())
+}
+
 /// Plans the recovery, applies what is to be replayed and reports it.
 fn replay(
     data: &Path,
