@@ -191,7 +191,7 @@ impl Opened {
             listener,
             tls_rx,
             shutdown.child_token(),
-            handshake_hooks(&broker, &connections, config.connection_timeouts),
+            handshake_hooks(&broker, &connections, config.connection_timeouts, &tasks),
         );
         let mut services = grpc::serve::services(&broker, &shutdown.child_token())
             .await
@@ -229,17 +229,20 @@ async fn start_policy(
     tasks.spawn(reload_on_hangup(broker.clone(), shutdown.child_token()));
 }
 
-/// What the accept loop reports: refused handshakes go to the audit trail,
-/// open connections to the registry (admin view, revocation).
+/// What the accept loop reports: refused handshakes go to the audit trail
+/// (a task each, tracked, so shutdown waits for their records), open
+/// connections to the registry (admin view, revocation).
 fn handshake_hooks(
     broker: &Broker,
     connections: &tls::Connections,
     timeouts: tls::Timeouts,
+    tasks: &TaskTracker,
 ) -> tls::Hooks {
     let audit = broker.clone();
+    let tasks = tasks.clone();
     let on_refused: tls::RefusalHook = Arc::new(move |remote, reason| {
         let audit = audit.clone();
-        tokio::spawn(async move { audit.auth_failure(&remote.to_string(), &reason).await });
+        tasks.spawn(async move { audit.auth_failure(&remote.to_string(), &reason).await });
     });
     tls::Hooks {
         on_refused: Some(on_refused),

@@ -1,9 +1,9 @@
 //! `liaison demo`: a simulated region in one process, to train staff and to
 //! check a build. A broker; the six countries of the region with posts at
-//! real border crossings ([`gazetteer`]), each post behind an agent on a link
-//! that drops and stalls at random ([`proxy`]); a liaison office per country
-//! following a feed with its own filter; realistic alerts across categories
-//! and markings.
+//! real border crossings ([`gazetteer`]), each post behind an agent on a
+//! link that drops and stalls at random ([`liaison::flaky`]); a liaison
+//! office per country following a feed with its own filter; realistic
+//! alerts across categories and markings ([`alerts`]).
 //!
 //! At the end every link is restored, every outbox drained and every feed
 //! caught up, and the demo checks, independently of the broker's own code:
@@ -12,6 +12,7 @@
 //! - **leaked**: an alert delivered to a feed whose identity the markings
 //!   exclude.
 
+mod alerts;
 pub mod gazetteer;
 
 use std::collections::{HashMap, HashSet};
@@ -26,9 +27,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use alerts::make_alert;
 use gazetteer::{AGENCIES, Crossing};
 use liaison::agent::{self, AgentConfig};
-use liaison::alert::timestamp;
 use liaison::client;
 use liaison::flaky::{FlakyProxy, Mode};
 use liaison::identity::NodeId;
@@ -346,103 +347,6 @@ async fn start_posts(
         }
     }
     Ok(posts)
-}
-
-/// A realistic alert from `post`.
-fn make_alert(post: &Post, offices: &[Office], rng: &mut impl Rng) -> (pb::Alert, Sent) {
-    let x = post.crossing;
-    let n: u32 = rng.random_range(2..60);
-    let (category, template) = *gazetteer::REPORTS.choose(rng).expect("non-empty");
-    let headline = gazetteer::report(template, n, x.name);
-    let tlp = *[
-        pb::Tlp::Clear,
-        pb::Tlp::Green,
-        pb::Tlp::Green,
-        pb::Tlp::Green,
-        pb::Tlp::Amber,
-        pb::Tlp::Amber,
-        pb::Tlp::Amber,
-        pb::Tlp::AmberStrict,
-        pb::Tlp::Red,
-    ]
-    .choose(rng)
-    .expect("non-empty");
-    let neighbour_office = offices
-        .iter()
-        .find(|o| o.node.country().as_str() == x.neighbour);
-    let releasable_to = if tlp == pb::Tlp::Amber {
-        vec![x.neighbour.to_owned()]
-    } else {
-        Vec::new()
-    };
-    let recipients: Vec<NodeId> = match (tlp, neighbour_office) {
-        (pb::Tlp::Red, Some(o)) => vec![o.node.clone()],
-        (pb::Tlp::Red, None) => vec![post.node.clone()],
-        _ => Vec::new(),
-    };
-    let exercise = rng.random_bool(0.1);
-    let severity = *[
-        pb::Severity::Minor,
-        pb::Severity::Moderate,
-        pb::Severity::Severe,
-        pb::Severity::Extreme,
-    ]
-    .choose(rng)
-    .expect("non-empty");
-    let urgency = if severity == pb::Severity::Extreme {
-        pb::Urgency::Immediate
-    } else {
-        pb::Urgency::Expected
-    };
-    let alert = pb::Alert {
-        id: uuid::Uuid::now_v7().to_string(),
-        sent: Some(timestamp(SystemTime::now())),
-        status: if exercise {
-            pb::Status::Exercise
-        } else {
-            pb::Status::Actual
-        } as i32,
-        msg_type: pb::MsgType::Alert as i32,
-        category: category as i32,
-        urgency: urgency as i32,
-        severity: severity as i32,
-        certainty: pb::Certainty::Likely as i32,
-        headline,
-        language: "en".into(),
-        parameters: vec![pb::Parameter {
-            key: "count".into(),
-            value: Some(pb::parameter::Value::Integer(i64::from(n))),
-            unit: String::new(),
-        }],
-        area: Some(pb::Area {
-            crossing_point: x.code.into(),
-            border_sector: format!("{}-{}", x.country, x.neighbour),
-            circles: vec![pb::Circle {
-                center: Some(pb::Point {
-                    latitude: x.latitude,
-                    longitude: x.longitude,
-                }),
-                radius_km: 5.0,
-            }],
-            ..Default::default()
-        }),
-        marking: Some(pb::Marking {
-            tlp: tlp as i32,
-            releasable_to: releasable_to.clone(),
-            recipients: recipients.iter().map(ToString::to_string).collect(),
-            handling_codes: Vec::new(),
-        }),
-        ..Default::default()
-    };
-    let sent = Sent {
-        origin: post.node.clone(),
-        category,
-        tlp,
-        exercise,
-        releasable_to,
-        recipients,
-    };
-    (alert, sent)
 }
 
 async fn publish_for(

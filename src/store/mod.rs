@@ -20,7 +20,8 @@
 //! shares) import no other store module but `error`; [`keys`] (every key
 //! layout) and [`codec`] (the stored record); [`meta`], [`space`],
 //! [`chain`], [`receipts`], [`outbox`]; the [`wal`]; the [`writer`] and
-//! the [`flusher`]; this handle.
+//! the [`flusher`]; [`open`] (the steps before the writer starts); this
+//! handle, with its reads in [`read`].
 
 mod chain;
 mod codec;
@@ -31,7 +32,9 @@ mod feeds;
 mod flusher;
 mod keys;
 mod meta;
+mod open;
 mod outbox;
+mod read;
 mod receipts;
 mod recent;
 mod space;
@@ -45,14 +48,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
-use crate::alert::{Alert, AlertId, Record, Seq};
-use crate::audit::{AuditEvent, AuditKind};
+use crate::alert::{Alert, Seq};
 use command::Command;
 pub use command::{AppendKind, Appended, Meta, OutboxLimits, Outcome, Pruned};
 pub use error::StoreError;
-use error::corrupt;
 pub use faults::{Fault, Faults};
 pub use feeds::StoredFeed;
+pub use open::panic_expected;
+use open::{check_identity, open_sled, recovery_event, reserve_sequences, sled_guard};
 pub use outbox::OutboxStats;
 use recent::Recent;
 pub use space::free_bytes;
@@ -333,125 +336,6 @@ impl Store {
         )
     }
 
-    /// Reads the record with sequence `seq`.
-    ///
-    /// # Errors
-    /// On a storage failure or a corrupt record.
-    pub fn get(&self, seq: Seq) -> Result<Option<Arc<Record>>, StoreError> {
-        // Past the head are records of a group being committed: not yet on
-        // disk, so not yet visible.
-        if seq > self.head() {
-            return Ok(None);
-        }
-        if let Some(r) = self.recent().get(seq) {
-            return Ok(Some(r));
-        }
-        self.inner
-            .log
-            .get(keys::alert(seq))?
-            .map(|v| codec::decode_record(seq, &v))
-            .transpose()
-    }
-
-    /// Reads the record of an alert id.
-    ///
-    /// # Errors
-    /// On a storage failure or a corrupt record.
-    pub fn get_by_id(&self, id: &AlertId) -> Result<Option<Arc<Record>>, StoreError> {
-        match self.inner.log.get(keys::id(id))? {
-            Some(v) => {
-                let (seq, _) = keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", id))?;
-                self.get(seq)
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Up to `limit` records with sequence `from` or later, in order.
-    /// Sequences may have gaps (retention, or a recovery that moved the
-    /// sequence on).
-    ///
-    /// # Errors
-    /// On a storage failure or a corrupt record.
-    pub fn scan(&self, from: Seq, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
-        let cached = self.recent().range(from, limit);
-        if !cached.is_empty() && cached[0].seq == from {
-            return Ok(cached);
-        }
-        let mut out = Vec::new();
-        for kv in self
-            .inner
-            .log
-            .range(keys::alert(from)..keys::alert(self.head().next()))
-            .take(limit)
-        {
-            let (k, v) = kv?;
-            let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-            out.push(codec::decode_record(seq, &v)?);
-        }
-        Ok(out)
-    }
-
-    /// The oldest retained sequence, if any.
-    ///
-    /// # Errors
-    /// On a storage failure.
-    pub fn first_seq(&self) -> Result<Option<Seq>, StoreError> {
-        self.first_at_or_after(Seq(0))
-    }
-
-    /// The first stored sequence at or after `seq`.
-    fn first_at_or_after(&self, seq: Seq) -> Result<Option<Seq>, StoreError> {
-        let first = self
-            .inner
-            .log
-            .range(keys::alert(seq)..keys::alert(Seq(u64::MAX)))
-            .next()
-            .transpose()?;
-        Ok(first.and_then(|(k, _)| keys::alert_seq(&k)))
-    }
-
-    /// The first sequence received at or after `t` (the next one to be
-    /// assigned when there is none).
-    ///
-    /// # Errors
-    /// On a storage failure.
-    pub fn seq_at_time(&self, t: SystemTime) -> Result<Seq, StoreError> {
-        // Receive times never decrease with the sequence, so a binary search
-        // over the stored records needs no time index (one insert per alert
-        // fewer on the hot path). The search is over sequence numbers;
-        // absent ones (gaps) stand for the next record that is there.
-        let after_head = self.head().next();
-        let Some(first) = self.first_seq()? else {
-            return Ok(after_head);
-        };
-        let (mut lo, mut hi) = (first.0, after_head.0);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let received = match self.first_at_or_after(Seq(mid))? {
-                Some(seq) if seq < after_head => self.get(seq)?.map(|r| (seq, r.received_at)),
-                _ => None,
-            };
-            match received {
-                Some((_, at)) if at >= t => hi = mid,
-                Some((seq, _)) => lo = seq.0 + 1,
-                None => hi = mid,
-            }
-        }
-        Ok(self
-            .first_at_or_after(Seq(lo))?
-            .filter(|s| *s < after_head)
-            .unwrap_or(after_head))
-    }
-
-    /// Total encoded size of the retained alerts, in bytes.
-    ///
-    /// # Errors
-    /// Never as of now; kept for stores that count on disk.
-    pub fn log_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self.meta().bytes)
-    }
-
     /// A receiver that changes whenever a commit changed the counters
     /// (outbox depth among them).
     pub fn watch_meta(&self) -> watch::Receiver<Meta> {
@@ -554,246 +438,4 @@ fn report_writes(
 /// lock poisoned by a panic elsewhere still guards valid data.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Opens the sled database and its trees, refusing damaged files with a
-/// message that names them. A database still locked by a store of this
-/// process that is being dropped (sled lets go of its file lock when its
-/// last I/O handle goes, a moment after the drop) is waited for, briefly.
-fn open_sled(
-    dir: &Path,
-    config: &StoreConfig,
-) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        match open_sled_once(dir, config) {
-            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn open_sled_once(
-    dir: &Path,
-    config: &StoreConfig,
-) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
-    check_sled_conf(dir)?;
-    sled_guard(dir, || {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_bytes)
-            // Durability comes from the write-ahead log; sled is flushed at
-            // its checkpoints, so sled's own background flusher only adds
-            // I/O.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                if is_locked(dir) {
-                    StoreError::Locked {
-                        dir: dir.to_owned(),
-                    }
-                } else {
-                    damaged(dir, &e.to_string())
-                }
-            })?;
-        let log = db.open_tree("log")?;
-        let feeds = db.open_tree("feeds")?;
-        Ok((db, log, feeds))
-    })
-}
-
-/// The file beside the database that names the store.
-const STORE_ID_FILE: &str = "store-id";
-
-/// Checks that the database is the one this directory was created with:
-/// sled silently opens damaged or replaced files as an empty (or older)
-/// database, which must not pass for a new store. A new store gets an
-/// identity, in the database and in `store-id` beside it.
-fn check_identity(dir: &Path, db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
-    let path = dir.join(STORE_ID_FILE);
-    let file = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().parse::<uuid::Uuid>().map_err(|_| {
-            damaged(
-                dir,
-                &format!("{} does not hold a store identity", path.display()),
-            )
-        })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(StoreError::io(path.display().to_string(), e)),
-    };
-    let stored = log
-        .get(keys::META_STORE_ID)?
-        .map(|v| uuid::Uuid::from_slice(&v))
-        .transpose()
-        .map_err(|_| damaged(dir, "the store's identity in the database is not readable"))?;
-    let id = match (file, stored) {
-        (Some(f), Some(s)) if f == s => return Ok(()),
-        (Some(f), Some(s)) => {
-            return Err(damaged(
-                dir,
-                &format!(
-                    "{} names store {f}, but the database belongs to store {s}",
-                    path.display()
-                ),
-            ));
-        }
-        (Some(f), None) => {
-            return Err(damaged(
-                dir,
-                &format!(
-                    "the database has lost its contents: {} names store {f}, and the database \
-                     holds nothing of it (its files were replaced or damaged)",
-                    path.display()
-                ),
-            ));
-        }
-        (None, Some(s)) => s,
-        (None, None) => {
-            let id = uuid::Uuid::new_v4();
-            log.insert(keys::META_STORE_ID, id.as_bytes())?;
-            db.flush()?;
-            id
-        }
-    };
-    write_durably(&path, format!("{}\n", id.hyphenated()).as_bytes())
-        .map_err(|e| StoreError::io(path.display().to_string(), e))
-}
-
-/// Writes a small file whole and makes it (and its name) durable.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Whether another open file holds the lock sled takes on its database
-/// (sled reports a held lock only as text, so we ask the file system).
-fn is_locked(dir: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::File::open(dir.join("db")) else {
-        return false;
-    };
-    // SAFETY: flock only takes the descriptor of `file`, which stays open
-    // for the call; a lock we get is released before the file is closed.
-    unsafe {
-        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
-            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
-            return false;
-        }
-    }
-    std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
-}
-
-/// sled keeps its settings in `conf`, ending with a CRC32 of the rest; a
-/// damaged one would otherwise be reported as "created by a sled version
-/// earlier than 0.29".
-fn check_sled_conf(dir: &Path) -> Result<(), StoreError> {
-    let path = dir.join("conf");
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(());
-    };
-    if bytes.len() <= 8 {
-        return Ok(());
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(damaged(
-            dir,
-            &format!("{} (sled's settings) fails its checksum", path.display()),
-        ));
-    }
-    Ok(())
-}
-
-fn damaged(dir: &Path, detail: &str) -> StoreError {
-    StoreError::Damaged {
-        dir: dir.to_owned(),
-        detail: detail.to_owned(),
-    }
-}
-
-thread_local! {
-    /// Set while sled reads files that may be damaged: a panic there is an
-    /// expected answer, reported as an error, not printed as a crash.
-    static EXPECTING_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether the current thread is inside [`sled_guard`] (for a panic hook
-/// that keeps quiet about panics that become errors).
-pub fn panic_expected() -> bool {
-    EXPECTING_PANICS.with(std::cell::Cell::get)
-}
-
-/// Runs `f`, turning a panic inside sled (which it does on some damaged
-/// files) into [`StoreError::Corrupt`] naming the directory.
-fn sled_guard<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    EXPECTING_PANICS.with(|e| e.set(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    EXPECTING_PANICS.with(|e| e.set(false));
-    result.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        Err(damaged(dir, &format!("sled could not read it ({what})")))
-    })
-}
-
-/// Writes a fresh sequence reservation before the first commit, and makes
-/// it durable, so that every group's sequences are covered by a reservation
-/// on disk before the group is acknowledged.
-fn reserve_sequences(
-    db: &sled::Db,
-    log: &sled::Tree,
-    state: &mut meta::State,
-    max_batch: usize,
-) -> Result<(), StoreError> {
-    let before = state.meta.reserved_seq;
-    state.reserve(max_batch as u64);
-    if state.meta.reserved_seq != before {
-        log.insert(
-            keys::META_SEQ_RESERVED,
-            &state.meta.reserved_seq.0.to_be_bytes(),
-        )?;
-        db.flush()?;
-    }
-    Ok(())
-}
-
-/// The audit record of a recovery that lost something or moved the
-/// sequence numbers on.
-fn recovery_event(recovered: &wal::Recovered, state: &meta::State) -> Option<AuditEvent> {
-    if recovered.damage.is_empty() && !recovered.maybe_acked_lost {
-        return None;
-    }
-    let mut detail = recovered.damage.join("; ");
-    if recovered.maybe_acked_lost {
-        if !detail.is_empty() {
-            detail.push_str("; ");
-        }
-        detail.push_str(&format!(
-            "sequence numbers continue at {} (past any that may have been handed out)",
-            state.meta.next_seq
-        ));
-        warn!(
-            next_seq = state.meta.next_seq.0,
-            "the write-ahead log lost its newest records; sequence numbers continue past any that may have been handed out"
-        );
-    }
-    Some(AuditEvent::new(
-        AuditKind::Recovery,
-        format!("broker (--wal-recovery {})", recovered.mode.name()),
-        None,
-        detail,
-    ))
 }

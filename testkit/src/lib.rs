@@ -5,10 +5,9 @@
 //! subscriber; [`eventually`], the one bounded polling loop; and [`Cli`], the
 //! `--broker --certs --name` a command line repeats.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use liaison::alert::timestamp;
@@ -27,6 +26,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+mod agent;
+mod process;
+pub use agent::{TestAgent, agent_status};
+pub use process::{AgentProcess, ServeProcess, run_to_exit};
 
 /// Upper bound for anything a test waits for; reaching it is a failure, not
 /// a timing assumption.
@@ -405,226 +409,6 @@ pub fn headline_of(d: &pb::Delivery) -> String {
         .expect("alert")
 }
 
-/// A `liaison serve` child process.
-pub struct ServeProcess {
-    pub child: Child,
-    pub url: String,
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServeProcess {
-    pub fn start(certs: &Path, data: &Path) -> ServeProcess {
-        Self::spawn(Self::command(certs, data))
-    }
-
-    /// The `liaison serve` command line these tests use.
-    pub fn command(certs: &Path, data: &Path) -> Command {
-        let mut cmd = Command::new(liaison_bin());
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--retain",
-            "0",
-            "--metrics",
-            "off",
-        ])
-        .arg("--certs")
-        .arg(certs)
-        .arg("--data")
-        .arg(data);
-        cmd
-    }
-
-    /// Spawns a prepared `liaison serve` command and waits until it listens.
-    pub fn spawn(cmd: Command) -> ServeProcess {
-        let (child, url) = spawn_until_ready(cmd, "liaison: listening on ");
-        ServeProcess { child, url }
-    }
-
-    pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    /// SIGTERM, and the exit status once it has stopped.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill -TERM");
-        wait_bounded(&mut self.child)
-    }
-}
-
-/// Runs a command that must exit by itself (within [`PATIENCE`]); returns
-/// its status and what it wrote to standard error, with its standard
-/// output after it.
-pub fn run_to_exit(mut cmd: Command) -> (std::process::ExitStatus, String) {
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let read = |mut from: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = from.read_to_string(&mut text);
-            text
-        })
-    };
-    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
-    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
-    let status = wait_bounded(&mut child);
-    let text = stderr.join().expect("stderr reader") + &stdout.join().expect("stdout reader");
-    (status, text)
-}
-
-/// Waits for a child to exit, killing it (and failing the test) when it
-/// is still running after [`PATIENCE`].
-fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit within {PATIENCE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// An agent running in this process, in front of a [`TestBroker`].
-pub struct TestAgent {
-    pub addr: SocketAddr,
-    pub config: liaison::agent::AgentConfig,
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<Result<(), liaison::agent::AgentError>>>,
-    _data: TempDir,
-}
-
-impl TestAgent {
-    /// Starts an agent for node `urn` whose upstream is `upstream` (the
-    /// broker itself or a proxy in front of it), with fast link timings.
-    pub async fn start(
-        broker: &TestBroker,
-        upstream: &str,
-        urn: &str,
-        tune: impl FnOnce(&mut liaison::agent::AgentConfig),
-    ) -> TestAgent {
-        let data = tempfile::tempdir().expect("tmp");
-        let mut config = liaison::agent::AgentConfig::new(
-            upstream.to_owned(),
-            broker.pki.node(urn),
-            data.path().join("agent"),
-        );
-        config.link.backoff_min = Duration::from_millis(50);
-        config.link.backoff_max = Duration::from_millis(400);
-        config.link.keepalive_interval = Duration::from_millis(500);
-        config.link.keepalive_timeout = Duration::from_millis(500);
-        config.link.ack_timeout = Duration::from_secs(2);
-        config.shutdown_grace = Duration::from_secs(2);
-        config.broker.retention.max_age = None;
-        tune(&mut config);
-        let mut agent = TestAgent {
-            addr: "127.0.0.1:0".parse().expect("addr"),
-            config,
-            shutdown: CancellationToken::new(),
-            handle: None,
-            _data: data,
-        };
-        agent.launch().await;
-        agent
-    }
-
-    async fn launch(&mut self) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        self.addr = listener.local_addr().expect("addr");
-        self.shutdown = CancellationToken::new();
-        self.handle = Some(tokio::spawn(liaison::agent::run(
-            listener,
-            self.config.clone(),
-            self.shutdown.clone(),
-        )));
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// A plaintext client of the agent's local listener (no certificate).
-    pub async fn client(&self) -> Client {
-        client::connect(&self.url(), None)
-            .await
-            .expect("connect to agent")
-    }
-
-    pub async fn status(&self) -> pb::AgentStatusResponse {
-        agent_status(&self.url()).await
-    }
-}
-
-/// The status of the agent listening at `url`.
-pub async fn agent_status(url: &str) -> pb::AgentStatusResponse {
-    let channel = client::endpoint(url, None)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    pb::agent_client::AgentClient::new(channel)
-        .status(pb::AgentStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-}
-
-impl TestAgent {
-    /// Polls the status until `pred` holds (bounded by [`PATIENCE`]).
-    pub async fn wait_until(
-        &self,
-        what: &str,
-        pred: impl Fn(&pb::AgentStatusResponse) -> bool,
-    ) -> pb::AgentStatusResponse {
-        eventually(&format!("the agent reaches: {what}"), || async {
-            let s = self.status().await;
-            if pred(&s) { Ok(s) } else { Err(s) }
-        })
-        .await
-    }
-
-    pub async fn stop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(h) = self.handle.take() {
-            tokio::time::timeout(PATIENCE, h)
-                .await
-                .expect("agent stops in time")
-                .expect("agent task")
-                .expect("agent ran cleanly");
-        }
-    }
-
-    pub async fn restart(&mut self) {
-        self.stop().await;
-        self.launch().await;
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// Every alert the broker holds that `viewer` may see, oldest first.
 pub async fn broker_alerts(client: &mut Client) -> Vec<pb::AlertRecord> {
     let mut out = Vec::new();
@@ -695,73 +479,7 @@ pub async fn publish_many(client: &mut Client, alerts: Vec<pb::Alert>) -> Vec<pb
     acks
 }
 
-/// A `liaison agent` child process (for SIGKILL tests).
-pub struct AgentProcess {
-    pub child: Child,
-    pub url: String,
-}
-
-impl AgentProcess {
-    /// Starts `liaison agent` with the node certificate `name` in `certs`.
-    pub fn start(upstream: &str, certs: &Path, name: &str, data: &Path) -> AgentProcess {
-        let mut cmd = Command::new(liaison_bin());
-        cmd.args([
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-backoff",
-            "500ms",
-            "--keepalive",
-            "1s",
-            "--metrics",
-            "off",
-        ])
-        .args(["--upstream", upstream, "--name", name])
-        .arg("--certs")
-        .arg(certs)
-        .arg("--data")
-        .arg(data);
-        let (child, url) = spawn_until_ready(cmd, "liaison agent: listening on ");
-        AgentProcess { child, url }
-    }
-
-    pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The file name `Pki::node` gives a node's certificate.
 pub fn cert_name(urn: &str) -> String {
     urn.replace(':', "_")
-}
-
-/// Spawns a `liaison` process and waits for its readiness line on standard
-/// output (`<prefix><url>`); returns the child and the URL.
-fn spawn_until_ready(mut cmd: Command, prefix: &str) -> (Child, String) {
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn liaison");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("readiness line");
-    // Keep draining what the process prints after the readiness line.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let url = line
-        .trim()
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("unexpected readiness line: {line:?}"))
-        .to_owned();
-    (child, url)
 }

@@ -1,0 +1,110 @@
+//! The alerts the demo's posts send: a report from the gazetteer at the
+//! post's crossing, with a marking, severity and parameters drawn at random,
+//! and what the demo must remember of it to judge the deliveries.
+
+use std::time::SystemTime;
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+
+use super::{Office, Post, Sent, gazetteer};
+use liaison::alert::timestamp;
+use liaison::identity::NodeId;
+use liaison::proto as pb;
+
+/// A realistic alert from `post`.
+pub(super) fn make_alert(post: &Post, offices: &[Office], rng: &mut impl Rng) -> (pb::Alert, Sent) {
+    let x = post.crossing;
+    let n: u32 = rng.random_range(2..60);
+    let (category, template) = *gazetteer::REPORTS.choose(rng).expect("non-empty");
+    let headline = gazetteer::report(template, n, x.name);
+    let tlp = *[
+        pb::Tlp::Clear,
+        pb::Tlp::Green,
+        pb::Tlp::Green,
+        pb::Tlp::Green,
+        pb::Tlp::Amber,
+        pb::Tlp::Amber,
+        pb::Tlp::Amber,
+        pb::Tlp::AmberStrict,
+        pb::Tlp::Red,
+    ]
+    .choose(rng)
+    .expect("non-empty");
+    let neighbour_office = offices
+        .iter()
+        .find(|o| o.node.country().as_str() == x.neighbour);
+    let releasable_to = if tlp == pb::Tlp::Amber {
+        vec![x.neighbour.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let recipients: Vec<NodeId> = match (tlp, neighbour_office) {
+        (pb::Tlp::Red, Some(o)) => vec![o.node.clone()],
+        (pb::Tlp::Red, None) => vec![post.node.clone()],
+        _ => Vec::new(),
+    };
+    let exercise = rng.random_bool(0.1);
+    let severity = *[
+        pb::Severity::Minor,
+        pb::Severity::Moderate,
+        pb::Severity::Severe,
+        pb::Severity::Extreme,
+    ]
+    .choose(rng)
+    .expect("non-empty");
+    let urgency = if severity == pb::Severity::Extreme {
+        pb::Urgency::Immediate
+    } else {
+        pb::Urgency::Expected
+    };
+    let alert = pb::Alert {
+        id: uuid::Uuid::now_v7().to_string(),
+        sent: Some(timestamp(SystemTime::now())),
+        status: if exercise {
+            pb::Status::Exercise
+        } else {
+            pb::Status::Actual
+        } as i32,
+        msg_type: pb::MsgType::Alert as i32,
+        category: category as i32,
+        urgency: urgency as i32,
+        severity: severity as i32,
+        certainty: pb::Certainty::Likely as i32,
+        headline,
+        language: "en".into(),
+        parameters: vec![pb::Parameter {
+            key: "count".into(),
+            value: Some(pb::parameter::Value::Integer(i64::from(n))),
+            unit: String::new(),
+        }],
+        area: Some(pb::Area {
+            crossing_point: x.code.into(),
+            border_sector: format!("{}-{}", x.country, x.neighbour),
+            circles: vec![pb::Circle {
+                center: Some(pb::Point {
+                    latitude: x.latitude,
+                    longitude: x.longitude,
+                }),
+                radius_km: 5.0,
+            }],
+            ..Default::default()
+        }),
+        marking: Some(pb::Marking {
+            tlp: tlp as i32,
+            releasable_to: releasable_to.clone(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+            handling_codes: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let sent = Sent {
+        origin: post.node.clone(),
+        category,
+        tlp,
+        exercise,
+        releasable_to,
+        recipients,
+    };
+    (alert, sent)
+}
