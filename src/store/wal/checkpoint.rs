@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tracing::error;
 
+use super::frame::LSN_LIMIT;
 use super::recovery::Checkpoint;
 use crate::store::command::Reply;
 use crate::store::error::StoreError;
@@ -65,25 +66,40 @@ pub fn encode(ck: Checkpoint) -> [u8; 13] {
     v
 }
 
-pub fn decode(v: Option<&[u8]>) -> Checkpoint {
-    match v {
+/// Reads the checkpoint key's value (none: a new store).
+///
+/// # Errors
+/// What is wrong with a value that neither format wrote: a length other
+/// than 8 or 13 bytes, a state other than 0 or 1, an LSN no log reaches.
+/// Read as something else, it would replay too much or too little.
+pub fn decode(v: Option<&[u8]>) -> Result<Checkpoint, String> {
+    let ck = match v {
         None => Checkpoint {
             clean: true,
             ..Checkpoint::default()
         },
-        Some(v) if v.len() >= 13 => Checkpoint {
+        Some(v) if v.len() == 13 => Checkpoint {
             lsn: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
-            clean: v[8] == 1,
+            clean: match v[8] {
+                0 => false,
+                1 => true,
+                other => return Err(format!("its state is {other}, not 0 or 1")),
+            },
             active: Some(u32::from_be_bytes(v[9..13].try_into().unwrap_or_default())),
             legacy: false,
         },
-        Some(v) => Checkpoint {
-            lsn: keys::u64_value(v).unwrap_or(0),
+        Some(v) if v.len() == 8 => Checkpoint {
+            lsn: u64::from_be_bytes(v.try_into().unwrap_or_default()),
             clean: false,
             active: None,
             legacy: true,
         },
+        Some(v) => return Err(format!("it is {} bytes long, not 13 (or 8)", v.len())),
+    };
+    if ck.lsn >= LSN_LIMIT {
+        return Err(format!("its LSN {} is past any a log reaches", ck.lsn));
     }
+    Ok(ck)
 }
 
 /// The checkpointer thread: on request (and every `every`) records the
@@ -175,9 +191,44 @@ mod tests {
             active: Some(3),
             legacy: false,
         };
-        assert_eq!(decode(Some(&encode(ck))), ck);
-        let old = decode(Some(&9u64.to_be_bytes()));
+        assert_eq!(decode(Some(&encode(ck))), Ok(ck));
+        let old = decode(Some(&9u64.to_be_bytes())).unwrap();
         assert!(old.legacy && old.lsn == 9 && !old.clean);
-        assert!(decode(None).clean, "a new store has nothing to replay");
+        assert!(
+            decode(None).unwrap().clean,
+            "a new store has nothing to replay"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_value_neither_format_wrote_is_refused() {
+        let ck = Checkpoint {
+            lsn: 77,
+            clean: true,
+            active: Some(3),
+            legacy: false,
+        };
+        let mut bad_state = encode(ck);
+        bad_state[8] = 2;
+        assert_eq!(
+            decode(Some(&bad_state)),
+            Err("its state is 2, not 0 or 1".into())
+        );
+        assert_eq!(
+            decode(Some(&encode(ck)[..12])),
+            Err("it is 12 bytes long, not 13 (or 8)".into())
+        );
+        // Found by the wal_recovery fuzz target: the LSN after this one
+        // overflowed.
+        let past = encode(Checkpoint {
+            lsn: u64::MAX,
+            ..ck
+        });
+        assert!(
+            decode(Some(&past))
+                .unwrap_err()
+                .contains("past any a log reaches")
+        );
+        assert!(decode(Some(&u64::MAX.to_be_bytes())).is_err());
     }
 }

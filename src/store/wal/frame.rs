@@ -19,6 +19,11 @@ pub const MAGIC: &[u8; 8] = b"LIAISWAL";
 pub const VERSION: u32 = 2;
 pub const FILE_HEADER: usize = 32;
 pub const RECORD_HEADER: usize = 24;
+/// LSNs are below this (one per commit group: at a million groups a second
+/// the log would need 146,000 years to reach it). A frame that claims one
+/// at or above it is damage, whatever its CRC says, so that arithmetic on
+/// LSNs (the next one, the one after the newest) cannot overflow.
+pub const LSN_LIMIT: u64 = 1 << 62;
 
 /// The header of a file created with `size` bytes.
 pub fn file_header(size: u64) -> [u8; FILE_HEADER] {
@@ -118,7 +123,7 @@ pub fn parse(bytes: &[u8], offset: usize) -> At {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&head[4..]);
     hasher.update(payload);
-    if lsn == 0 || hasher.finalize() != crc {
+    if lsn == 0 || lsn >= LSN_LIMIT || hasher.finalize() != crc {
         return At::Damaged { lsn: Some(lsn) };
     }
     At::Record(Frame {
@@ -145,7 +150,7 @@ pub fn v1_records(bytes: &[u8]) -> Vec<(u64, &[u8])> {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&head[4..]);
         hasher.update(payload);
-        if lsn == 0 || hasher.finalize() != crc {
+        if lsn == 0 || lsn >= LSN_LIMIT || hasher.finalize() != crc {
             break;
         }
         out.push((lsn, payload));
