@@ -30,10 +30,11 @@
 //! the newest LSN any file held, so an LSN is never reused either.
 
 mod checkpoint;
+mod files;
 mod frame;
 mod recovery;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +51,7 @@ use super::error::StoreError;
 use super::faults::{Fault, Faults, injected};
 use super::{keys, lock};
 use checkpoint::Request;
-use frame::{FILE_HEADER, Header};
+use frame::FILE_HEADER;
 
 /// The size a WAL file is created with.
 pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -195,15 +196,15 @@ impl Wal {
             dir: data.to_owned(),
             detail: format!("the write-ahead log's checkpoint is damaged: {detail}"),
         })?;
-        let files = read_files(&dir)?;
+        let files = files::read_files(&dir)?;
         let recovered = replay(data, log, &files, ck, config.recovery)?;
         // Everything any file holds is now in sled or given up: a
         // checkpoint says so, and new records follow the newest LSN.
         let newest = recovered.newest.max(ck.lsn);
-        let (number, file) = reuse_files(&dir, &files, config.file_bytes)?;
+        let (number, file) = files::reuse_files(&dir, &files, config.file_bytes)?;
         let spare: Vec<(u32, PathBuf)> = files
             .iter()
-            .filter(|f| f.number != number && usable(f, config.file_bytes))
+            .filter(|f| f.number != number && files::usable(f, config.file_bytes))
             .map(|f| (f.number, f.path.clone()))
             .collect();
         drop(files);
@@ -364,10 +365,10 @@ impl Wal {
                 (n, self.path(n))
             }
         };
-        let next = match open_file(&path, self.file_bytes) {
+        let next = match files::open_file(&path, self.file_bytes) {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                if path.exists() && spare_of(&path).is_some() {
+                if path.exists() && files::number_of(&path).is_some() {
                     lock(&self.spare).push((number, path));
                 }
                 return Err(e);
@@ -403,10 +404,6 @@ impl Wal {
     }
 }
 
-fn spare_of(path: &Path) -> Option<u32> {
-    path.file_stem()?.to_str()?.parse().ok()
-}
-
 impl Drop for Wal {
     /// A final checkpoint, so that a clean stop leaves nothing to replay;
     /// waits for the checkpointer.
@@ -421,31 +418,6 @@ impl Drop for Wal {
             let _ = handle.join();
         }
     }
-}
-
-/// Reads every `N.log` of the WAL directory, in number order.
-fn read_files(dir: &Path) -> Result<Vec<recovery::WalFile>, StoreError> {
-    let read_err = |e| StoreError::io(dir.display().to_string(), e);
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read_err)? {
-        let path = entry.map_err(read_err)?.path();
-        if path.extension().is_none_or(|e| e != "log") {
-            continue;
-        }
-        let Some(number) = spare_of(&path) else {
-            warn!(file = %path.display(), "not a write-ahead log file name; ignored");
-            continue;
-        };
-        let bytes =
-            std::fs::read(&path).map_err(|e| StoreError::io(path.display().to_string(), e))?;
-        files.push(recovery::WalFile {
-            number,
-            path,
-            bytes,
-        });
-    }
-    files.sort_by_key(|f| f.number);
-    Ok(files)
 }
 
 /// What recovery would replay, without a database (see
@@ -465,15 +437,7 @@ pub fn plan_only(
         .collect();
     let checkpoint = checkpoint::decode(checkpoint)
         .map_err(|detail| format!("the write-ahead log's checkpoint is damaged: {detail}"))?;
-    let plan = recovery::plan(&files, checkpoint, mode).map_err(|d| {
-        format!(
-            "{}, offset {}, LSN {}: {}",
-            d.file.display(),
-            d.offset,
-            d.lsn,
-            d.detail
-        )
-    })?;
+    let plan = recovery::plan(&files, checkpoint, mode).map_err(|d| d.to_string())?;
     for (_, payload) in plan.replay.iter().chain(&plan.discarded) {
         let _ = decode_ops(payload);
     }
@@ -516,13 +480,7 @@ fn replay(
         recovered.max_next_seq = recovered.max_next_seq.max(next_seq_in(payload));
     }
     for d in &plan.damage {
-        recovered.damage.push(format!(
-            "{}, offset {}, LSN {}: {}",
-            d.file.display(),
-            d.offset,
-            d.lsn,
-            d.detail
-        ));
+        recovered.damage.push(d.to_string());
     }
     if !plan.discarded.is_empty() && !plan.damage.is_empty() {
         let lsns: Vec<u64> = plan.discarded.iter().map(|(l, _)| *l).collect();
@@ -561,72 +519,6 @@ fn next_seq_in(payload: &[u8]) -> u64 {
         })
         .max()
         .unwrap_or(0)
-}
-
-/// Whether a file can take new records from its start.
-fn usable(f: &recovery::WalFile, file_bytes: u64) -> bool {
-    matches!(frame::header(&f.bytes), Header::V2 { size } if size == file_bytes && f.bytes.len() as u64 >= size)
-}
-
-/// Removes what recovery left that cannot be reused (files of the first
-/// format, cut or differently sized files), and opens the file the new run
-/// starts in.
-fn reuse_files(
-    dir: &Path,
-    files: &[recovery::WalFile],
-    file_bytes: u64,
-) -> Result<(u32, File), StoreError> {
-    for f in files.iter().filter(|f| !usable(f, file_bytes)) {
-        std::fs::remove_file(&f.path)
-            .map_err(|e| StoreError::io(f.path.display().to_string(), e))?;
-    }
-    let number = files
-        .iter()
-        .find(|f| usable(f, file_bytes))
-        .map_or(0, |f| f.number);
-    let path = dir.join(format!("{number}.log"));
-    Ok((number, open_file(&path, file_bytes)?))
-}
-
-/// Opens (or creates) a WAL file with its header and its full size
-/// allocated.
-fn open_file(path: &Path, size: u64) -> Result<File, StoreError> {
-    let err = |e| StoreError::io(path.display().to_string(), e);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(err)?;
-    if file.metadata().map_err(err)?.len() < size {
-        allocate(&file, size).map_err(err)?;
-    }
-    file.write_all_at(&frame::file_header(size), 0)
-        .map_err(err)?;
-    // The new name must survive a crash too.
-    if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(file)
-}
-
-/// Gives the file its full size, with its blocks allocated where the file
-/// system can (so that no later write into it can find the disk full).
-fn allocate(file: &File, size: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
-    // SAFETY: fallocate only reads its integer arguments; the descriptor
-    // is open for as long as `file` lives.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::ENOSYS) => file.set_len(size),
-        _ => Err(e),
-    }
 }
 
 #[cfg(test)]

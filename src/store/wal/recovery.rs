@@ -80,6 +80,22 @@ pub struct Damage {
     pub detail: String,
 }
 
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Damage {
+            file,
+            offset,
+            lsn,
+            detail,
+        } = self;
+        write!(
+            f,
+            "{}, offset {offset}, LSN {lsn}: {detail}",
+            file.display()
+        )
+    }
+}
+
 /// What to replay, and what was left out.
 #[derive(Debug, Default)]
 pub struct Plan<'a> {

@@ -130,7 +130,7 @@ fn full_files_are_reused_after_their_checkpoint() {
     for i in 0..20 {
         write(&mut wal, i);
     }
-    let files = || read_files(&dir.path().join("wal")).unwrap().len();
+    let files = || files::read_files(&dir.path().join("wal")).unwrap().len();
     assert_eq!(files(), 2);
     // Readiness: the first file's checkpoint returns it as a spare.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
