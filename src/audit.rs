@@ -36,6 +36,14 @@ pub enum AuditKind {
     /// operator's `--wal-recovery` choice), or moved its sequence numbers
     /// past records a crash may have cut.
     Recovery,
+    /// Alerts a federation peer stored (actor: the peer broker).
+    Exported,
+    /// Alerts received from a federation peer and stored.
+    Imported,
+    /// An alert from a federation peer was refused (the link goes on).
+    ImportRefused,
+    /// A federation link came up or went down.
+    Link,
 }
 
 impl AuditKind {
@@ -49,6 +57,10 @@ impl AuditKind {
             AuditKind::PolicyReloaded => "policy_reloaded",
             AuditKind::PolicyRejected => "policy_rejected",
             AuditKind::Recovery => "recovery",
+            AuditKind::Exported => "exported",
+            AuditKind::Imported => "imported",
+            AuditKind::ImportRefused => "import_refused",
+            AuditKind::Link => "link",
         }
     }
 }
@@ -92,6 +104,18 @@ impl AuditEvent {
             }
         };
         Self::new(AuditKind::Receipt, recipient, alert, detail)
+    }
+
+    /// Alerts of one answered batch of a federation link: exported to the
+    /// peer (`Exported`) or imported from it (`Imported`).
+    pub fn link_batch(
+        kind: AuditKind,
+        peer: impl Into<String>,
+        what: &str,
+        alerts: &[(Seq, AlertId)],
+    ) -> Self {
+        let (alert, detail) = listing(&format!("{what}; "), alerts);
+        Self::new(kind, peer, alert, detail)
     }
 
     pub fn new(

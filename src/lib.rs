@@ -17,6 +17,7 @@
 //! | [`grpc`] | every tonic service and their shared setup: identity from the connection, protobuf ⇄ core, errors ⇄ status |
 //! | [`server`] | `run(listener, config, shutdown)`: wires it all together |
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
+//! | [`federation`] | links between national brokers: export cursors, signed alerts, verified imports |
 //! | [`client`] | connecting to a broker as a node |
 //! | [`flaky`] | a TCP proxy that cuts, stalls and black-holes links on command (the demo, the tests) |
 //!
@@ -43,6 +44,7 @@ pub mod alert;
 pub mod audit;
 pub mod broker;
 pub mod client;
+pub mod federation;
 pub mod filter;
 pub mod flaky;
 pub mod grpc;

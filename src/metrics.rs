@@ -54,6 +54,18 @@ pub const AGENT_EXPIRED: &str = "liaison_agent_expired_total";
 pub const AGENT_REJECTED: &str = "liaison_agent_rejected_total";
 pub const AGENT_INBOX: &str = "liaison_agent_inbox_total";
 pub const AGENT_RECONNECTS: &str = "liaison_agent_reconnects_total";
+/// Federation, per `peer`: alerts the peer stored from us, alerts we
+/// imported from it, refusals both ways, and alerts retention removed
+/// before the link could export them.
+pub const LINK_EXPORTED: &str = "liaison_link_exported_total";
+pub const LINK_IMPORTED: &str = "liaison_link_imported_total";
+pub const LINK_REFUSED: &str = "liaison_link_refused_total";
+pub const LINK_REFUSED_BY_PEER: &str = "liaison_link_refused_by_peer_total";
+pub const LINK_MISSED: &str = "liaison_link_missed_total";
+/// Federation, per `peer`: 1 while the link is up, and alerts past its
+/// export cursor.
+pub const LINK_UP: &str = "liaison_link_up";
+pub const LINK_BACKLOG: &str = "liaison_link_backlog";
 
 /// Installs the process-wide Prometheus recorder.
 ///

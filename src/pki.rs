@@ -25,7 +25,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::identity::NodeId;
+use crate::identity::{CountryCode, NodeId};
 
 /// File names of the CA and the broker inside a PKI directory.
 pub const CA_CERT: &str = "ca.crt";
@@ -187,6 +187,20 @@ impl Ca {
     /// # Errors
     /// As [`Ca::issue`].
     pub fn issue_broker(&self, hosts: &[String]) -> Result<Leaf, PkiError> {
+        self.issue_broker_as(hosts, None)
+    }
+
+    /// The broker's certificate, carrying `identity` as its liaison URI as
+    /// well when given (a national broker: it acts as a node on federation
+    /// links, and signs what it exports with this certificate's key).
+    ///
+    /// # Errors
+    /// As [`Ca::issue`].
+    pub fn issue_broker_as(
+        &self,
+        hosts: &[String],
+        identity: Option<&NodeId>,
+    ) -> Result<Leaf, PkiError> {
         let mut all: Vec<String> = ["localhost", "127.0.0.1", "::1"]
             .iter()
             .map(|s| s.to_string())
@@ -201,7 +215,7 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         self.issue(&LeafSpec {
             common_name: "liaison broker".into(),
-            uris: Vec::new(),
+            uris: identity.map(ToString::to_string).into_iter().collect(),
             hosts: all,
             not_before: now - Duration::minutes(5),
             not_after: now + Duration::days(825),
@@ -221,14 +235,38 @@ pub struct Written {
 /// [`PkiError::Exists`] when `dir/ca.key` exists and `force` is false; I/O
 /// and generation errors otherwise.
 pub fn init(dir: &Path, hosts: &[String], force: bool) -> Result<Written, PkiError> {
+    init_for(dir, hosts, None, force)
+}
+
+/// The identity a national broker's certificate carries:
+/// `urn:liaison:<CC>:liaison:broker`.
+pub fn broker_identity(country: CountryCode) -> NodeId {
+    // The agency and node labels are constant and valid.
+    NodeId::new(country.as_str(), "liaison", "broker")
+        .unwrap_or_else(|_| unreachable!("constant labels"))
+}
+
+/// `liaison certs init [--country CC]`: as [`init`]; with a country, the
+/// PKI of that state's national broker: the CA is named after the country
+/// and the broker's certificate carries [`broker_identity`].
+///
+/// # Errors
+/// As [`init`].
+pub fn init_for(
+    dir: &Path,
+    hosts: &[String],
+    country: Option<CountryCode>,
+    force: bool,
+) -> Result<Written, PkiError> {
     refuse_overwrite(&dir.join(CA_KEY), force)?;
     create_dir(dir)?;
     // A name of its own: two development CAs with one name make a
     // certificate of the other look forged (a bad signature) to a TLS
     // library rather than from an unknown issuer.
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let ca = Ca::generate(&format!("Liaison development CA {}", &id[..8]))?;
-    let broker = ca.issue_broker(hosts)?;
+    let label = country.map_or(String::new(), |c| format!("{c} "));
+    let ca = Ca::generate(&format!("Liaison {label}development CA {}", &id[..8]))?;
+    let broker = ca.issue_broker_as(hosts, country.map(broker_identity).as_ref())?;
     let mut files = Vec::new();
     files.push(write_file(&dir.join(CA_CERT), &ca.cert_pem, false)?);
     files.push(write_file(

@@ -14,8 +14,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::broker::{Broker, BrokerConfig, BrokerError};
+use crate::federation::{Federation, FederationConfig, FederationError};
+use crate::grpc::federation::FederationService;
 use crate::grpc::{self, AdminService};
 use crate::proto::admin_server::AdminServer;
+use crate::proto::federation_server::FederationServer;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::tls::{self, TlsError, TlsFiles};
 
@@ -37,6 +40,8 @@ pub struct ServeConfig {
     /// How often the TLS files (CA, certificate, key, and `ca.crl` beside
     /// the CA) are checked for changes (SIGHUP reloads at once).
     pub tls_poll: Duration,
+    /// Links to other states' brokers (none: a broker on its own).
+    pub federation: FederationConfig,
 }
 
 impl ServeConfig {
@@ -50,6 +55,7 @@ impl ServeConfig {
             connection_timeouts: tls::Timeouts::default(),
             policy_file: None,
             tls_poll: Duration::from_secs(2),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -73,6 +79,8 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("federation: {0}")]
+    Federation(#[from] FederationError),
 }
 
 /// Runs the broker on `listener` until `shutdown` is cancelled, then closes
@@ -98,7 +106,19 @@ pub struct Opened {
     policy_text: Option<String>,
     store: Store,
     broker: Broker,
+    /// The links to other states' brokers, when peers are configured.
+    federation: Option<Federation>,
     shutdown: CancellationToken,
+}
+
+/// What TLS trusts each federation peer's CA for.
+fn peer_trust(config: &ServeConfig) -> Vec<tls::PeerTrust> {
+    config
+        .federation
+        .peers
+        .iter()
+        .map(crate::federation::PeerConfig::trust)
+        .collect()
 }
 
 /// Opens everything the broker needs before it can serve: its TLS files,
@@ -107,7 +127,7 @@ pub struct Opened {
 /// # Errors
 /// When one of them cannot be read or is not valid.
 pub async fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Opened, ServeError> {
-    let tls = tls::server_config(&config.tls)?;
+    let tls = tls::server_config(&config.tls, &peer_trust(&config))?;
     let (policy, policy_text) = load_policy(config.policy_file.as_deref())?;
     let store = Store::open(&config.data_dir, config.store.clone()).map_err(|source| {
         ServeError::Store {
@@ -119,7 +139,17 @@ pub async fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Op
     broker_config.policy = Arc::new(policy);
     broker_config.policy_file.clone_from(&config.policy_file);
     let broker = Broker::new(store.clone(), broker_config, shutdown.child_token());
+    let federation = if config.federation.peers.is_empty() {
+        None
+    } else {
+        Some(Federation::new(
+            broker.clone(),
+            config.federation.clone(),
+            config.tls.clone(),
+        )?)
+    };
     Ok(Opened {
+        federation,
         config,
         tls,
         policy_text,
@@ -171,6 +201,7 @@ impl Opened {
             policy_text,
             store,
             broker,
+            federation,
             shutdown,
         } = self;
         let tasks = TaskTracker::new();
@@ -180,6 +211,7 @@ impl Opened {
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
         tasks.spawn(watch_tls_files(
             config.tls.clone(),
+            peer_trust(&config),
             tls_tx,
             connections.clone(),
             broker.clone(),
@@ -202,6 +234,17 @@ impl Opened {
                 broker.clone(),
                 connections,
             )));
+        if let Some(federation) = &federation {
+            services.router = services.router.add_service(
+                FederationServer::new(FederationService::new(
+                    federation.clone(),
+                    shutdown.child_token(),
+                ))
+                .max_decoding_message_size(crate::federation::dial::MAX_FRAME_BYTES)
+                .max_encoding_message_size(crate::federation::dial::MAX_FRAME_BYTES),
+            );
+            federation.spawn_dialers(&tasks, &shutdown);
+        }
         info!(?addr, data = %config.data_dir.display(), head_seq = store.head().0, "broker listening");
         grpc::serve::serve(services, incoming, &shutdown, config.shutdown_grace).await?;
         tasks.close();
@@ -281,6 +324,7 @@ async fn reload_on_hangup(broker: Broker, shutdown: CancellationToken) {
 /// is refused and the previous one stays, until the files change again.
 async fn watch_tls_files(
     files: TlsFiles,
+    peers: Vec<tls::PeerTrust>,
     configs: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
     connections: tls::Connections,
     broker: Broker,
@@ -288,7 +332,17 @@ async fn watch_tls_files(
     shutdown: CancellationToken,
 ) {
     let path = tls::crl_path(&files);
-    let read_all = || [&files.ca, &files.cert, &files.key, &path].map(|p| std::fs::read(p).ok());
+    let watched: Vec<PathBuf> = [&files.ca, &files.cert, &files.key, &path]
+        .into_iter()
+        .cloned()
+        .chain(
+            peers
+                .iter()
+                .flat_map(|p| std::iter::once(p.ca.clone()).chain(p.crl.clone())),
+        )
+        .collect();
+    let read_all =
+        || -> Vec<Option<Vec<u8>>> { watched.iter().map(|p| std::fs::read(p).ok()).collect() };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // The set in force, and a changed set that was refused (not retried,
     // nor logged again, until the files change once more).
@@ -309,7 +363,7 @@ async fn watch_tls_files(
         if now == applied || refused.as_ref() == Some(&now) {
             continue;
         }
-        let loaded = tls::server_config(&files)
+        let loaded = tls::server_config(&files, &peers)
             .map_err(|e| e.to_string())
             .and_then(|config| Ok((config, revoked_serials(&path).map_err(|e| e.to_string())?)));
         let (config, revoked) = match loaded {

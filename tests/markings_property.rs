@@ -197,6 +197,8 @@ fn policy(agreements: &[TestAgreement]) -> Policy {
             categories: Categories::Only(a.categories.iter().map(|c| CATEGORIES[*c]).collect()),
             max_tlp: TLPS[a.max_tlp],
             handling_codes: a.codes.iter().map(|c| CODES[*c].to_owned()).collect(),
+            exercises: false,
+            reshare: false,
         })
         .collect();
     Policy::new(rules, agreements)

@@ -14,7 +14,7 @@
 //! requires mutual TLS. Upstream, everything carries the agent's certificate.
 
 mod downlink;
-mod link;
+pub(crate) mod link;
 mod uplink;
 
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub use downlink::InboxConfig;
-pub use link::{Link, LinkConfig, Problem};
+pub use link::{Backoff, Link, LinkConfig, Problem};
 
 use crate::broker::{Broker, BrokerConfig};
 use crate::client::{self, ClientError};
@@ -186,7 +186,7 @@ impl Opened {
             .local_addr()
             .map_err(|e| AgentError::Tls(TlsError::Config(e.to_string())))?;
         let listen_tls = match &config.listen_tls {
-            Some(files) => Some(tls::server_config(files)?),
+            Some(files) => Some(tls::server_config(files, &[])?),
             None if local.ip().is_loopback() => None,
             None => return Err(AgentError::PlaintextNotLoopback(local)),
         };

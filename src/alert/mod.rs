@@ -11,6 +11,7 @@
 mod validate;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
@@ -132,6 +133,8 @@ pub struct Record {
     pub seq: Seq,
     pub received_at: SystemTime,
     pub alert: Alert,
+    /// Set for an alert imported from a peer broker.
+    pub provenance: Option<Arc<pb::Provenance>>,
 }
 
 impl Record {
@@ -140,6 +143,7 @@ impl Record {
             seq: self.seq.0,
             received_at: Some(timestamp(self.received_at)),
             alert: Some(self.alert.to_proto()),
+            provenance: self.provenance.as_deref().cloned(),
         }
     }
 }

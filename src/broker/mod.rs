@@ -3,6 +3,7 @@
 //! a caller identity and domain values; it never sees tonic.
 
 mod admin;
+mod federated;
 mod feed;
 mod retention;
 mod sharing;

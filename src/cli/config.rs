@@ -142,7 +142,7 @@ impl fmt::Display for ConfigError {
 #[derive(Deserialize)]
 struct RawFile(std::collections::BTreeMap<String, Spanned<toml::Value>>);
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
@@ -204,6 +204,10 @@ pub fn settings(
     let mut errors = Vec::new();
     for (name, value) in &raw.0 {
         let line = line_of(text, value.span().start);
+        if kind == Kind::Serve && FEDERATION_TABLES.contains(&name.as_str()) {
+            // Checked by `peers::parse`; passed on as --federation-config.
+            continue;
+        }
         let Some(key) = kind.keys().iter().find(|k| k.0 == name) else {
             let known: Vec<&str> = kind.keys().iter().map(|k| k.0).collect();
             errors.push(ConfigError {
@@ -231,6 +235,15 @@ pub fn settings(
     } else {
         Err(errors)
     }
+}
+
+/// The serve file's tables of federation entries (see `peers`).
+pub const FEDERATION_TABLES: &[&str] = &["peer", "origin"];
+
+/// Whether a serve file has federation entries.
+fn has_federation(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .is_ok_and(|t| FEDERATION_TABLES.iter().any(|k| t.contains_key(*k)))
 }
 
 /// Guesses the kind of a file: an agent's has `upstream`.
@@ -301,6 +314,10 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     };
     let flag_of = |key: &str| kind.keys().iter().find(|k| k.0 == key).map(|k| k.1);
     let mut out: Vec<OsString> = args[..=at].to_vec();
+    if kind == Kind::Serve && has_federation(&text) {
+        out.push("--federation-config".into());
+        out.push(file.clone());
+    }
     for s in settings {
         if !flag_of(s.key).is_some_and(typed) {
             out.extend(s.flags.into_iter().map(OsString::from));

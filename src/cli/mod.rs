@@ -9,6 +9,7 @@ mod client_cmds;
 pub mod config;
 mod conn;
 pub mod json;
+mod peers;
 mod serve;
 mod sharing;
 
@@ -132,6 +133,11 @@ pub enum CertsCommand {
         /// localhost, 127.0.0.1 and ::1 are always included.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// The state whose national PKI this is (ISO 3166-1 alpha-2, e.g.
+        /// TJ): the CA is named after it and the broker's certificate carries
+        /// urn:liaison:<CC>:liaison:broker, which federation links need.
+        #[arg(long, value_parser = parse_country)]
+        country: Option<liaison::identity::CountryCode>,
         /// Replace an existing CA.
         #[arg(long)]
         force: bool,
@@ -291,17 +297,44 @@ fn check_config(file: &std::path::Path, kind: Option<ConfigKind>) -> anyhow::Res
             errors += 1;
         }
     }
+    let mut peers = 0;
+    if kind == config::Kind::Serve {
+        match peers::parse(&text, std::path::Path::new(".")) {
+            Ok((p, _)) => peers = p.len(),
+            Err(problems) => {
+                for e in &problems {
+                    eprintln!("{}:{}: {}", file.display(), e.line, e.message);
+                }
+                errors += problems.len();
+            }
+        }
+    }
     if errors > 0 {
         eprintln!("{}: {errors} error(s); not valid", file.display());
         return Ok(ExitCode::FAILURE);
     }
-    println!("{}: valid `{sub}` configuration", file.display());
+    match peers {
+        0 => println!("{}: valid `{sub}` configuration", file.display()),
+        n => println!(
+            "{}: valid `{sub}` configuration ({n} federation peer(s))",
+            file.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_country(s: &str) -> Result<liaison::identity::CountryCode, String> {
+    liaison::identity::CountryCode::parse(s).map_err(str::to_owned)
 }
 
 fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     let written = match cmd {
-        CertsCommand::Init { dir, hosts, force } => liaison::pki::init(&dir, &hosts, force)?,
+        CertsCommand::Init {
+            dir,
+            hosts,
+            country,
+            force,
+        } => liaison::pki::init_for(&dir, &hosts, country, force)?,
         CertsCommand::Issue {
             dir,
             node,

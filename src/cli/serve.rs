@@ -56,6 +56,10 @@ pub struct ServeArgs {
     pub shutdown_grace: String,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The configuration file whose [[peer]] and [[origin]] entries to use
+    /// (set by --config).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub federation_config: Option<PathBuf>,
 }
 
 /// The store flags `serve` and `agent` share.
@@ -171,6 +175,19 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.shutdown_grace = parse_duration(&args.shutdown_grace)?;
     config.policy_file = args.policy.clone();
     config.store = args.store.store_config()?;
+    if let Some(file) = &args.federation_config {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let (peers, origins) = super::peers::parse(&text, Path::new(".")).map_err(|errors| {
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}:{e}", file.display()))
+                .collect();
+            anyhow::anyhow!("federation entries not valid:\n{}", lines.join("\n"))
+        })?;
+        config.federation.peers = peers;
+        config.federation.origins = origins;
+    }
     if !args.data.exists() {
         warn!(data = %args.data.display(), "no data directory: creating a new, empty store");
     }

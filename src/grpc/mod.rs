@@ -9,6 +9,7 @@
 //! | [`subscribe`] | `Subscribe`: a feed of the core as a stream |
 //! | [`admin`] | `liaison.v1.Admin`: feeds, nodes, totals, audit trail |
 //! | [`agent`] | `liaison.v1.Agent`: an agent's link and queues |
+//! | [`federation`] | `liaison.v1.Federation`: the accepting side of a link with a peer broker |
 //! | [`status`] | core errors as gRPC statuses, in one place |
 //! | [`limits`] | the message-size limit, answered with RESOURCE_EXHAUSTED |
 //! | [`serve`] | what `serve` and `agent` both run: limits, health, reflection, serving until shutdown |
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod agent;
 pub mod broker;
+pub mod federation;
 pub mod limits;
 pub mod publish;
 pub mod serve;
@@ -38,6 +40,11 @@ use crate::tls::Peer;
 /// `UNAUTHENTICATED` naming what is wrong with the certificate.
 pub fn caller<T>(req: &Request<T>) -> Result<NodeId, Status> {
     match req.extensions().get::<Peer>() {
+        Some(Peer {
+            link: Some(peer), ..
+        }) => Err(Status::unauthenticated(format!(
+            "this certificate was issued by the CA of federation peer {peer}: it is valid for that peer's federation link only, never as a node"
+        ))),
         Some(Peer {
             identity: Ok(node), ..
         }) => Ok(node.clone()),

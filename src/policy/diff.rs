@@ -83,6 +83,12 @@ impl fmt::Display for Agreement {
         if !self.handling_codes.is_empty() {
             write!(f, "; codes {}", self.handling_codes.join(","))?;
         }
+        if self.exercises {
+            f.write_str("; exercises")?;
+        }
+        if self.reshare {
+            f.write_str("; re-shared")?;
+        }
         f.write_str(")")
     }
 }

@@ -57,6 +57,13 @@ struct RawAgreement {
     max_tlp: Spanned<String>,
     #[serde(default)]
     handling_codes: Option<Spanned<Vec<String>>>,
+    /// EXERCISE and TEST alerts cross a federation link too.
+    #[serde(default)]
+    exercises: bool,
+    /// Alerts imported from a third state may be passed on (TLP:CLEAR, and
+    /// TLP:GREEN releasable to the next country).
+    #[serde(default)]
+    reshare: bool,
 }
 
 /// Collects errors with their lines while a file is checked.
@@ -233,6 +240,8 @@ impl Checker<'_> {
             categories: categories?,
             max_tlp: max_tlp?,
             handling_codes,
+            exercises: raw.exercises,
+            reshare: raw.reshare,
         })
     }
 }

@@ -15,11 +15,13 @@
 //!    category, allow the TLP level, and accept every handling code.
 
 mod diff;
+mod export;
 mod file;
 
 use std::fmt;
 
 pub use diff::{PolicyDiff, diff};
+pub use export::{Destination, Withheld};
 pub use file::{PolicyError, parse};
 
 use crate::alert::Alert;
@@ -118,6 +120,11 @@ pub struct Agreement {
     /// Handling codes the receiving side accepts; an alert carrying any other
     /// code does not cross.
     pub handling_codes: Vec<String>,
+    /// Whether EXERCISE and TEST alerts cross a federation link.
+    pub exercises: bool,
+    /// Whether alerts imported from a third state may be passed on over a
+    /// federation link (TLP:CLEAR, and TLP:GREEN releasable onward).
+    pub reshare: bool,
 }
 
 impl Agreement {

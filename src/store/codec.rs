@@ -16,13 +16,18 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
     use prost::encoding::{message, uint64};
     let received_at = crate::alert::timestamp(record.received_at);
     let body = &record.alert.body;
+    let provenance = record.provenance.as_deref();
     let len = uint64::encoded_len(1, &record.seq.0)
         + message::encoded_len(2, &received_at)
-        + message::encoded_len(3, body);
+        + message::encoded_len(3, body)
+        + provenance.map_or(0, |p| message::encoded_len(4, p));
     let mut buf = Vec::with_capacity(len);
     uint64::encode(1, &record.seq.0, &mut buf);
     message::encode(2, &received_at, &mut buf);
     message::encode(3, body, &mut buf);
+    if let Some(p) = provenance {
+        message::encode(4, p, &mut buf);
+    }
     buf
 }
 
@@ -45,6 +50,7 @@ pub fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Arc<Record>, StoreError> 
         seq,
         received_at,
         alert,
+        provenance: rec.provenance.map(Arc::new),
     }))
 }
 
@@ -74,6 +80,7 @@ mod tests {
             seq: Seq(77),
             received_at: from_micros(1_764_000_000_123_456),
             alert: Alert::from_stored(body).unwrap(),
+            provenance: None,
         };
         let bytes = encode_record(&record);
         assert_eq!(bytes, record.to_proto().encode_to_vec());

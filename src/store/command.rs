@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::error::StoreError;
 use crate::alert::{Alert, AlertId, Record, Seq};
 use crate::audit::AuditEvent;
+use crate::proto as pb;
 use crate::receipt::Receipt;
 
 /// Where a command's answer goes.
@@ -82,6 +83,8 @@ pub enum Command {
     Append {
         alert: Alert,
         kind: AppendKind,
+        /// Where an alert imported from a peer broker comes from.
+        provenance: Option<Arc<pb::Provenance>>,
         reply: Reply<Appended>,
     },
     OutboxDone {

@@ -9,7 +9,8 @@
 //!   commit) before anyone is answered.
 //! - **Feed state** (filter and cursor of durable feeds, [`feeds`]) is
 //!   written directly; it becomes durable with the next checkpoint (at most
-//!   a second), or at once with [`Store::flush`].
+//!   a second), or at once with [`Store::flush`]. So is the state of
+//!   federation links (export cursor and counters, [`links`]).
 //! - Committed records also go into a small in-memory cache of the newest
 //!   records ([`recent`]), so live feeds read them without decoding.
 //!
@@ -31,6 +32,7 @@ mod faults;
 mod feeds;
 mod flusher;
 mod keys;
+mod links;
 mod meta;
 mod open;
 mod outbox;
@@ -49,11 +51,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::alert::{Alert, Seq};
+use crate::proto as pb;
 use command::Command;
 pub use command::{AppendKind, Appended, Meta, OutboxLimits, Outcome, Pruned};
 pub use error::StoreError;
 pub use faults::{Fault, Faults};
 pub use feeds::StoredFeed;
+pub use links::StoredLink;
 pub use open::panic_expected;
 use open::{check_identity, open_sled, recovery_event, reserve_sequences, sled_guard};
 pub use outbox::OutboxStats;
@@ -122,6 +126,8 @@ pub struct Store {
 struct Inner {
     log: sled::Tree,
     feeds: sled::Tree,
+    /// Federation links' export cursors and counters ([`links`]).
+    links: sled::Tree,
     /// Requests to the writer thread, which holds the receiver. Bounded: when
     /// the disk cannot keep up, publishers wait here.
     writer: mpsc::Sender<Command>,
@@ -152,7 +158,7 @@ impl Store {
     /// the write-ahead log is damaged ([`StoreError::WalDamaged`], unless
     /// `config.wal.recovery` accepts it), or stored data is corrupt.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
-        let (db, log, feeds) = open_sled(dir, &config)?;
+        let (db, log, feeds, links) = open_sled(dir, &config)?;
         check_identity(dir, &db, &log)?;
         let failed = Arc::new(Mutex::new(None));
         let (wal, recovered) = sled_guard(dir, || {
@@ -210,6 +216,7 @@ impl Store {
             inner: Arc::new(Inner {
                 log,
                 feeds,
+                links,
                 writer: tx,
                 head,
                 meta,
@@ -259,10 +266,40 @@ impl Store {
         kind: AppendKind,
     ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
     {
+        self.submit_with(alert, kind, None).await
+    }
+
+    /// As [`Store::submit`], for an alert imported from a peer broker: the
+    /// record keeps where it came from.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the writer has stopped.
+    pub async fn submit_imported(
+        &self,
+        alert: Alert,
+        provenance: pb::Provenance,
+    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
+    {
+        self.submit_with(alert, AppendKind::Log, Some(Arc::new(provenance)))
+            .await
+    }
+
+    async fn submit_with(
+        &self,
+        alert: Alert,
+        kind: AppendKind,
+        provenance: Option<Arc<pb::Provenance>>,
+    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
+    {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Command::Append { alert, kind, reply })
+            .send(Command::Append {
+                alert,
+                kind,
+                provenance,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })

@@ -18,7 +18,7 @@ use crate::audit::{AuditEvent, AuditKind};
 pub(super) fn open_sled(
     dir: &Path,
     config: &StoreConfig,
-) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
+) -> Result<(sled::Db, sled::Tree, sled::Tree, sled::Tree), StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         match open_sled_once(dir, config) {
@@ -33,7 +33,7 @@ pub(super) fn open_sled(
 fn open_sled_once(
     dir: &Path,
     config: &StoreConfig,
-) -> Result<(sled::Db, sled::Tree, sled::Tree), StoreError> {
+) -> Result<(sled::Db, sled::Tree, sled::Tree, sled::Tree), StoreError> {
     check_sled_conf(dir)?;
     sled_guard(dir, || {
         let db = sled::Config::new()
@@ -55,7 +55,8 @@ fn open_sled_once(
             })?;
         let log = db.open_tree("log")?;
         let feeds = db.open_tree("feeds")?;
-        Ok((db, log, feeds))
+        let links = db.open_tree("links")?;
+        Ok((db, log, feeds, links))
     })
 }
 

@@ -45,6 +45,7 @@ use super::wal::{self, Wal};
 use super::{keys, lock, outbox, receipts};
 use crate::alert::{Alert, AlertId, Record, Seq, from_micros, micros};
 use crate::audit::AuditEvent;
+use crate::proto as pb;
 
 /// A group stops growing at this many bytes of alerts (besides
 /// `max_batch` commands): it bounds the write-ahead record, the memory of a
@@ -199,12 +200,15 @@ impl Writer {
         for cmd in commands {
             group.sync |= cmd.needs_sync();
             match cmd {
-                Command::Append { alert, kind, reply } => {
-                    match self.stage_append(&mut group, alert, kind) {
-                        Ok(appended) => group.replies.push((reply, appended)),
-                        Err(e) => drop(reply.send(Err(e))),
-                    }
-                }
+                Command::Append {
+                    alert,
+                    kind,
+                    provenance,
+                    reply,
+                } => match self.stage_append(&mut group, alert, kind, provenance) {
+                    Ok(appended) => group.replies.push((reply, appended)),
+                    Err(e) => drop(reply.send(Err(e))),
+                },
                 Command::OutboxDone {
                     seqs,
                     outcome,
@@ -332,6 +336,7 @@ impl Writer {
         group: &mut Group,
         alert: Alert,
         kind: AppendKind,
+        provenance: Option<Arc<pb::Provenance>>,
     ) -> Result<Appended, StoreError> {
         if let Some((earlier, appended)) = group.earlier(&alert.id) {
             check_same_origin(earlier, &alert)?;
@@ -352,6 +357,7 @@ impl Writer {
             seq,
             received_at: from_micros(us),
             alert,
+            provenance,
         };
         let bytes = encode_record(&record);
         let size = bytes.len() as u64;

@@ -88,6 +88,7 @@ pub fn incoming_plain(
                     let peer = Peer {
                         identity: Ok(identity.clone()),
                         remote,
+                        link: None,
                     };
                     let stream = PeerStream {
                         inner: tcp,
@@ -139,6 +140,7 @@ async fn handshake(
             return None;
         }
     };
+    let link = presented.and_then(|p| p.link);
     if !read_preface(&mut tls, remote, hooks.timeouts.preface).await {
         return None;
     }
@@ -152,6 +154,9 @@ async fn handshake(
         _ => (Err(IdentityError::NoCertificate), Vec::new()),
     };
     match &identity {
+        Ok(node) if link.is_some() => {
+            info!(%remote, %node, peer = link.as_deref(), "peer broker connected")
+        }
         Ok(node) => debug!(%remote, %node, "node connected"),
         Err(e) => {
             warn!(%remote, reason = %e, "certificate carries no usable identity");
@@ -174,7 +179,11 @@ async fn handshake(
     Some(PeerStream {
         inner: tls,
         replay: H2_PREFACE,
-        peer: Peer { identity, remote },
+        peer: Peer {
+            identity,
+            remote,
+            link,
+        },
         _registered: registered,
         closer: Some(closer),
     })

@@ -16,6 +16,10 @@ pub struct Peer {
     /// The identity from the client certificate, or why there is none.
     pub identity: Result<NodeId, IdentityError>,
     pub remote: SocketAddr,
+    /// The federation peer whose CA issued the certificate, when it was not
+    /// the broker's own CA: such a connection may only carry that peer's
+    /// federation link, never act as a node.
+    pub link: Option<Arc<str>>,
 }
 
 /// One open connection, for the admin view.

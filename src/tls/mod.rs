@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 pub use accept::{incoming, incoming_plain};
@@ -34,6 +35,8 @@ pub use connections::{ConnInfo, Connections, Peer};
 pub use stream::PeerStream;
 use verify::Recording;
 pub use verify::rustls_error;
+
+use crate::identity::NodeId;
 
 /// How long a new connection may take to become usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +123,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| TlsError::Invalid {
@@ -158,41 +161,99 @@ fn load_crls(
     Ok(crls)
 }
 
-/// The broker's rustls configuration: TLS 1.3 only, a client certificate
-/// signed by `files.ca` and not revoked by `ca.crl` beside it (when there is
-/// one) required, HTTP/2 by ALPN.
-///
-/// # Errors
-/// When a file is missing or malformed, or the key does not match.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// A federation peer's CA, trusted for the peer broker's certificate only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTrust {
+    /// The peer's name in the configuration.
+    pub name: String,
+    /// The identity the peer broker's certificate carries.
+    pub broker: NodeId,
+    /// The peer state's CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The peer state's revocation list (PEM), if it gave one.
+    pub crl: Option<PathBuf>,
+}
+
+/// A verifier of client certificates issued by the CAs in `ca` and not
+/// revoked by the list at `crl`.
+fn client_verifier(
+    ca: &Path,
+    crl: Option<&Path>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<(Arc<dyn ClientCertVerifier>, Vec<rustls::DistinguishedName>), TlsError> {
     let mut roots = RootCertStore::empty();
-    for ca in load_certs(&files.ca)? {
-        roots.add(ca).map_err(|e| TlsError::Invalid {
-            path: files.ca.clone(),
+    for cert in load_certs(ca)? {
+        roots.add(cert).map_err(|e| TlsError::Invalid {
+            path: ca.to_owned(),
             reason: e.to_string(),
         })?;
     }
+    let hints = roots.subjects();
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    let crl = crl_path(files);
-    if crl.exists() {
-        // Only node certificates are revoked by the list; a certificate of
-        // another CA in `ca.crt` (during a rotation) has no status there.
+    if let Some(crl) = crl {
+        // Only leaf certificates are revoked by the list; a certificate of
+        // another CA in the file (during a rotation) has no status there.
         verifier = verifier
-            .with_crls(load_crls(&crl)?)
+            .with_crls(load_crls(crl)?)
             .only_check_end_entity_revocation()
             .allow_unknown_revocation_status();
     }
-    let verifier = Arc::new(Recording(
-        verifier
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?,
-    ));
+    let verifier = verifier
+        .build()
+        .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+    Ok((verifier, hints))
+}
+
+/// A verifier of certificates issued by the CAs in `ca` (and not revoked
+/// by the list at `crl`): what federation checks an origin broker's
+/// signing certificate with.
+///
+/// # Errors
+/// When a file is missing or malformed.
+pub fn ca_verifier(
+    ca: &Path,
+    crl: Option<&Path>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    Ok(client_verifier(ca, crl, provider)?.0)
+}
+
+/// The broker's rustls configuration: TLS 1.3 only, a client certificate
+/// required — signed by `files.ca` and not revoked by `ca.crl` beside it
+/// (when there is one), or a federation peer's broker certificate signed by
+/// that peer's CA — and HTTP/2 by ALPN.
+///
+/// # Errors
+/// When a file is missing or malformed, or the key does not match.
+pub fn server_config(files: &TlsFiles, peers: &[PeerTrust]) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let crl = crl_path(files);
+    let (local, mut hints) =
+        client_verifier(&files.ca, crl.exists().then_some(crl.as_path()), &provider)?;
+    let mut peer_cas = Vec::new();
+    for peer in peers {
+        let (verifier, subjects) = client_verifier(&peer.ca, peer.crl.as_deref(), &provider)?;
+        hints.extend(subjects);
+        peer_cas.push(verify::PeerCa {
+            name: peer.name.as_str().into(),
+            broker: peer.broker.clone(),
+            verifier,
+        });
+    }
+    let verifier: Arc<dyn ClientCertVerifier> = if peer_cas.is_empty() {
+        local
+    } else {
+        Arc::new(verify::Federated {
+            local,
+            peers: peer_cas,
+            hints,
+        })
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(Recording(verifier)))
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
         .map_err(|e| TlsError::Config(format!("{}: {e}", files.key.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec()];

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+
 use crate::identity::NodeId;
 
 /// The rustls error somewhere in `e`'s source chain (an `io::Error` is
@@ -60,6 +62,9 @@ tokio::task_local! {
 pub(super) struct Presented {
     node: Option<String>,
     serial: String,
+    /// The federation peer whose CA accepted the certificate (not the
+    /// broker's own CA).
+    pub(super) link: Option<Arc<str>>,
 }
 
 impl Presented {
@@ -69,6 +74,7 @@ impl Presented {
             serial: x509_parser::parse_x509_certificate(der)
                 .map(|(_, c)| crate::pki::hex(c.raw_serial()))
                 .unwrap_or_default(),
+            link: None,
         }
     }
 }
@@ -132,6 +138,95 @@ impl rustls::server::danger::ClientCertVerifier for Recording {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+/// One federation peer's CA, trusted for one certificate identity only:
+/// the peer's broker.
+#[derive(Debug)]
+pub(super) struct PeerCa {
+    pub(super) name: Arc<str>,
+    pub(super) broker: NodeId,
+    pub(super) verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// The broker's own CA for nodes, and each federation peer's CA for that
+/// peer's broker certificate only: a certificate of a peer's CA that names
+/// anyone else (a node, another broker) is refused at the handshake, so a
+/// peer CA can never log anyone in as a node.
+#[derive(Debug)]
+pub(super) struct Federated {
+    pub(super) local: Arc<dyn ClientCertVerifier>,
+    pub(super) peers: Vec<PeerCa>,
+    /// Every CA's subject, offered to clients as hints.
+    pub(super) hints: Vec<rustls::DistinguishedName>,
+}
+
+impl ClientCertVerifier for Federated {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let local = match self
+            .local
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Ok(node) = NodeId::from_certificate(end_entity) else {
+            return Err(local);
+        };
+        let Some(peer) = self.peers.iter().find(|p| p.broker == node) else {
+            return Err(local);
+        };
+        // The peer's own CA knows this certificate: its refusal (expired,
+        // revoked, forged) is the one that explains.
+        let verified = peer
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let _ = PRESENTED.try_with(|p| {
+            if let Some(p) = p.borrow_mut().as_mut() {
+                p.link = Some(peer.name.clone());
+            }
+        });
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.local.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.local.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.local.supported_verify_schemes()
     }
 }
 

@@ -146,8 +146,22 @@ impl Pki {
         Pki { dir, ca }
     }
 
+    /// A state's national PKI: its broker's certificate carries
+    /// `urn:liaison:<CC>:liaison:broker`.
+    pub fn national(country: &str) -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cc = liaison::identity::CountryCode::parse(country).expect("country");
+        pki::init_for(dir.path(), &[], Some(cc), false).expect("pki init");
+        let ca = Ca::load(dir.path()).expect("load ca");
+        Pki { dir, ca }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.path().join(pki::CA_CERT)
     }
 
     /// Issues (once) a certificate for `urn` and returns its files.
@@ -214,8 +228,13 @@ impl TestBroker {
         broker
     }
 
+    /// Starts the broker, on the port it had before when it can (a peer
+    /// broker dials that address).
     async fn launch(&mut self) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = match TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
         self.addr = listener.local_addr().expect("addr");
         self.shutdown = CancellationToken::new();
         let config = self.config.clone();
@@ -252,10 +271,15 @@ impl TestBroker {
     }
 
     /// Stops the broker and starts it again on the same data and certificates
-    /// (on a new port).
+    /// (on the same port when it is still free).
     pub async fn restart(&mut self) {
         self.stop().await;
         self.launch().await;
+    }
+
+    /// Changes the configuration the next `restart` uses.
+    pub fn reconfigure(&mut self, tune: impl FnOnce(&mut ServeConfig)) {
+        tune(&mut self.config);
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {

@@ -1,0 +1,314 @@
+//! Federation between two states' brokers, each with its own PKI, in this
+//! process on 127.0.0.1:0: what crosses is what the agreement allows, with
+//! its origin provable; a peer that is down misses nothing; a peer's CA
+//! logs nobody in as a node; forged, changed and garbage offers are refused
+//! while the link goes on.
+
+use std::path::PathBuf;
+
+use liaison::federation::PeerConfig;
+use liaison::federation::attest;
+use liaison::identity::NodeId;
+use liaison::proto as pb;
+use liaison_testkit::*;
+
+const POLICY: &str = r#"
+[[node]]
+match = "TJ"
+role = "post"
+
+[[node]]
+match = "AF"
+role = "liaison_office"
+
+[[agreement]]
+between = ["TJ", "AF"]
+categories = ["drugs", "arms"]
+max_tlp = "amber"
+"#;
+
+fn broker_of(country: &str) -> NodeId {
+    liaison::pki::broker_identity(liaison::identity::CountryCode::parse(country).expect("cc"))
+}
+
+fn write_policy(pki: &Pki) -> PathBuf {
+    let path = pki.path().join("policy.toml");
+    std::fs::write(&path, POLICY).expect("policy");
+    path
+}
+
+/// AF waits for TJ to dial; TJ dials AF.
+struct Pair {
+    tj: TestBroker,
+    af: TestBroker,
+}
+
+async fn pair() -> Pair {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (tj_pki, af_pki) = (Pki::national("TJ"), Pki::national("AF"));
+    let (tj_ca, af_ca) = (tj_pki.ca_path(), af_pki.ca_path());
+    let af_policy = write_policy(&af_pki);
+    let af = TestBroker::start_in(af_pki, |c| {
+        c.policy_file = Some(af_policy);
+        c.federation.peers = vec![PeerConfig {
+            name: "tj".into(),
+            broker: broker_of("TJ"),
+            ca: tj_ca,
+            crl: None,
+            countries: vec![broker_of("TJ").country()],
+            url: None,
+        }];
+        fast_link(c);
+    })
+    .await;
+    let tj_policy = write_policy(&tj_pki);
+    let af_url = af.url();
+    let tj = TestBroker::start_in(tj_pki, |c| {
+        c.policy_file = Some(tj_policy);
+        c.federation.peers = vec![PeerConfig {
+            name: "af".into(),
+            broker: broker_of("AF"),
+            ca: af_ca,
+            crl: None,
+            countries: vec![broker_of("AF").country()],
+            url: Some(af_url),
+        }];
+        fast_link(c);
+    })
+    .await;
+    Pair { tj, af }
+}
+
+fn fast_link(c: &mut liaison::server::ServeConfig) {
+    c.federation.link.backoff_min = std::time::Duration::from_millis(50);
+    c.federation.link.backoff_max = std::time::Duration::from_millis(500);
+}
+
+fn marked(category: pb::Category, headline: &str, tlp: pb::Tlp, releasable: &[&str]) -> pb::Alert {
+    let mut a = alert(category, headline);
+    a.marking = Some(pb::Marking {
+        tlp: tlp as i32,
+        releasable_to: releasable.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    });
+    a
+}
+
+#[tokio::test]
+async fn what_crosses_is_exactly_what_the_agreement_and_markings_allow() {
+    let pair = pair().await;
+    let mut post = pair.tj.client(TJ_POST).await;
+    let mut exercise = marked(pb::Category::Drugs, "exercise", pb::Tlp::Green, &[]);
+    exercise.status = pb::Status::Exercise as i32;
+    let cases = [
+        (
+            marked(pb::Category::Drugs, "green drugs", pb::Tlp::Green, &[]),
+            true,
+        ),
+        (
+            marked(pb::Category::Health, "green health", pb::Tlp::Green, &[]),
+            false,
+        ),
+        (
+            marked(pb::Category::Health, "clear health", pb::Tlp::Clear, &[]),
+            true,
+        ),
+        (
+            marked(pb::Category::Arms, "amber to AF", pb::Tlp::Amber, &["AF"]),
+            true,
+        ),
+        (
+            marked(pb::Category::Arms, "amber to UZ", pb::Tlp::Amber, &["UZ"]),
+            false,
+        ),
+        (
+            marked(
+                pb::Category::Drugs,
+                "amber strict",
+                pb::Tlp::AmberStrict,
+                &[],
+            ),
+            false,
+        ),
+        (exercise, false),
+        (
+            marked(pb::Category::Drugs, "sentinel", pb::Tlp::Green, &[]),
+            true,
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (a, crosses) in cases {
+        if crosses {
+            expected.push(a.headline.clone());
+        }
+        publish(&mut post, a).await;
+    }
+    let mut office = pair.af.client(AF_OFFICE).await;
+    let got = wait_for_broker_alerts(&mut office, expected.len()).await;
+    assert_eq!(
+        headlines(&got),
+        expected,
+        "in publication order, nothing else"
+    );
+    for record in &got {
+        let alert = record.alert.as_ref().expect("alert");
+        assert_eq!(alert.origin.as_ref().expect("origin").urn, TJ_POST);
+        let p = record.provenance.as_ref().expect("provenance");
+        assert_eq!(p.origin_broker, broker_of("TJ").to_string());
+        assert_eq!(p.path, [broker_of("TJ").to_string()]);
+    }
+    // The sentinel arrived after everything before it was decided: nothing
+    // else crossed.
+    let all = broker_alerts(&mut office).await;
+    assert_eq!(all.len(), expected.len());
+}
+
+#[tokio::test]
+async fn the_origin_is_provable_and_a_changed_byte_is_detected() {
+    let pair = pair().await;
+    let mut post = pair.tj.client(TJ_POST).await;
+    publish(
+        &mut post,
+        marked(pb::Category::Drugs, "signed", pb::Tlp::Green, &[]),
+    )
+    .await;
+    let mut office = pair.af.client(AF_OFFICE).await;
+    let got = wait_for_broker_alerts(&mut office, 1).await;
+    let att = got[0]
+        .provenance
+        .as_ref()
+        .and_then(|p| p.attestation.clone())
+        .expect("attestation");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tj_ca = pair.tj.pki.ca_path();
+    let origins = [attest::Origin {
+        country: broker_of("TJ").country(),
+        broker: broker_of("TJ"),
+        verifier: liaison::tls::ca_verifier(&tj_ca, None, &provider).expect("verifier"),
+    }];
+    let ok = attest::verify(&att, &origins).expect("verifies against TJ's CA");
+    assert_eq!(
+        ok.statement.alert.as_ref().map(|a| a.headline.as_str()),
+        Some("signed")
+    );
+    assert_eq!(
+        ok.statement.alert.as_ref(),
+        got[0].alert.as_ref(),
+        "stored exactly as attested"
+    );
+    for at in [att.statement.len() / 2, att.statement.len() - 1] {
+        let mut changed = att.clone();
+        changed.statement[at] ^= 0x01;
+        assert!(
+            attest::verify(&changed, &origins).is_err(),
+            "byte {at} changed"
+        );
+    }
+    let mut changed = att.clone();
+    let last = changed.signature.len() - 1;
+    changed.signature[last] ^= 0x01;
+    assert_eq!(
+        attest::verify(&changed, &origins).err(),
+        Some(attest::Unproven::BadSignature)
+    );
+    // Under another state's CA it proves nothing.
+    let af_ca = pair.af.pki.ca_path();
+    let wrong = [attest::Origin {
+        verifier: liaison::tls::ca_verifier(&af_ca, None, &provider).expect("verifier"),
+        ..origins[0].clone()
+    }];
+    assert!(matches!(
+        attest::verify(&att, &wrong),
+        Err(attest::Unproven::Certificate { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_peer_down_while_alerts_are_published_gets_all_of_them_once_in_order() {
+    let mut pair = pair().await;
+    let mut post = pair.tj.client(TJ_POST).await;
+    publish(
+        &mut post,
+        marked(pb::Category::Drugs, "before", pb::Tlp::Green, &[]),
+    )
+    .await;
+    let mut office = pair.af.client(AF_OFFICE).await;
+    wait_for_broker_alerts(&mut office, 1).await;
+    pair.af.stop().await;
+    let mut expected = vec!["before".to_owned()];
+    for i in 0..50 {
+        let h = format!("while down {i}");
+        publish(
+            &mut post,
+            marked(pb::Category::Drugs, &h, pb::Tlp::Green, &[]),
+        )
+        .await;
+        expected.push(h);
+    }
+    pair.af.restart().await;
+    let mut office = pair.af.client(AF_OFFICE).await;
+    let got = wait_for_broker_alerts(&mut office, expected.len()).await;
+    assert_eq!(headlines(&got), expected);
+    // The origin broker restarting re-offers from its saved cursor; the
+    // peer answers duplicates and stores nothing twice.
+    pair.tj.restart().await;
+    publish(
+        &mut post_after(&pair).await,
+        marked(pb::Category::Drugs, "after", pb::Tlp::Green, &[]),
+    )
+    .await;
+    expected.push("after".into());
+    let got = wait_for_broker_alerts(&mut office, expected.len()).await;
+    assert_eq!(headlines(&got), expected);
+}
+
+async fn post_after(pair: &Pair) -> Client {
+    pair.tj.client(TJ_POST).await
+}
+
+#[tokio::test]
+async fn a_peer_ca_never_logs_anyone_in_as_a_node() {
+    let pair = pair().await;
+    // A node certificate of AF's PKI, presented to TJ's broker: refused at
+    // the handshake (TJ trusts AF's CA for AF's broker only).
+    let af_node = pair.af.pki.node(AF_OFFICE);
+    let files = liaison::tls::TlsFiles {
+        ca: pair.tj.pki.ca_path(),
+        ..af_node
+    };
+    let refused = match liaison::client::connect(&pair.tj.url(), Some(&files)).await {
+        Err(_) => true,
+        Ok(mut c) => c.who_am_i(pb::WhoAmIRequest {}).await.is_err(),
+    };
+    assert!(refused, "a node of the peer's PKI is no node here");
+    // AF's broker certificate is accepted, but for the link only.
+    let af_broker = liaison::tls::TlsFiles {
+        ca: pair.tj.pki.ca_path(),
+        ..pair.af.pki.broker_files()
+    };
+    let mut c = liaison::client::connect(&pair.tj.url(), Some(&af_broker))
+        .await
+        .expect("the handshake passes");
+    let status = c
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect_err("no node calls");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("federation link only"),
+        "{status:?}"
+    );
+    let status = publish_status(&mut c).await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+}
+
+async fn publish_status(c: &mut Client) -> tonic::Status {
+    c.publish(pb::PublishRequest {
+        alert: Some(alert(pb::Category::Drugs, "as a node")),
+    })
+    .await
+    .expect_err("refused")
+}
