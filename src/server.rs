@@ -228,12 +228,9 @@ impl Opened {
         let mut services = grpc::serve::services(&broker, &shutdown.child_token())
             .await
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
-        services.router = services
-            .router
-            .add_service(AdminServer::new(AdminService::new(
-                broker.clone(),
-                connections,
-            )));
+        services.router = services.router.add_service(AdminServer::new(
+            AdminService::new(broker.clone(), connections).with_federation(federation.clone()),
+        ));
         if let Some(federation) = &federation {
             services.router = services.router.add_service(
                 FederationServer::new(FederationService::new(

@@ -312,3 +312,48 @@ async fn publish_status(c: &mut Client) -> tonic::Status {
     .await
     .expect_err("refused")
 }
+
+#[tokio::test]
+async fn receipts_of_the_foreign_office_reach_the_originating_post() {
+    let pair = pair().await;
+    let mut post = pair.tj.client(TJ_POST).await;
+    let mut office = pair.af.client(AF_OFFICE).await;
+    let mut feed = Subscriber::open(&mut office, open("main", pb::Filter::default())).await;
+    let a = marked(pb::Category::Drugs, "caravan at the ford", pb::Tlp::Amber, &["AF"]);
+    let id = a.id.clone();
+    publish(&mut post, a).await;
+    let d = feed.next().await;
+    assert_eq!(headline_of(&d), "caravan at the ford");
+    feed.ack(&[seq_of(&d)]).await;
+    office
+        .acknowledge(pb::AcknowledgeRequest {
+            id: id.clone(),
+            note: "patrol sent".into(),
+        })
+        .await
+        .expect("acknowledge");
+    let receipts = eventually("both receipts are back at the origin", || {
+        let mut post = post.clone();
+        let id = id.clone();
+        async move {
+            use tokio_stream::StreamExt;
+            let list: Vec<pb::Receipt> = post
+                .receipts(pb::ReceiptsRequest { id, follow: false })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .collect::<Result<_, _>>()
+                .await
+                .map_err(|e| e.to_string())?;
+            if list.len() == 2 { Ok(list) } else { Err(format!("{list:?}")) }
+        }
+    })
+    .await;
+    for r in &receipts {
+        assert_eq!(r.recipient.as_ref().expect("recipient").urn, AF_OFFICE);
+    }
+    let kinds: Vec<i32> = receipts.iter().map(|r| r.kind).collect();
+    assert!(kinds.contains(&(pb::ReceiptKind::Delivered as i32)));
+    assert!(kinds.contains(&(pb::ReceiptKind::Acknowledged as i32)));
+    assert!(receipts.iter().any(|r| r.note == "patrol sent"));
+}

@@ -89,6 +89,33 @@ impl Broker {
         })
     }
 
+    /// Receipt journal entries from number `from` on: receipts of imported
+    /// alerts with the peer broker each goes back to.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub fn receipt_journal(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, pb::Receipt)>, BrokerError> {
+        Ok(self.store().receipt_journal(from, limit)?)
+    }
+
+    /// Records a receipt a peer broker sent back for an alert of ours (or
+    /// one we relayed), naming the foreign recipient; answers once it is on
+    /// disk.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn record_remote_receipt(
+        &self,
+        receipt: crate::receipt::Receipt,
+    ) -> Result<(), BrokerError> {
+        self.store().record_receipt(receipt).await?;
+        Ok(())
+    }
+
     /// Records a federation event in the audit trail.
     pub async fn audit_event(&self, event: AuditEvent) {
         self.store().audit(event).await;

@@ -1,4 +1,4 @@
-//! `liaison admin feeds|nodes|stats|audit` (administrator nodes) and
+//! `liaison admin feeds|nodes|links|stats|audit` (administrator nodes) and
 //! `liaison health` (the standard gRPC health check, for probes).
 
 use std::process::ExitCode;
@@ -18,6 +18,9 @@ pub enum AdminView {
     Feeds(AdminArgs),
     /// Nodes connected now: since when, from where.
     Nodes(AdminArgs),
+    /// Federation links: state, last contact, backlog, counts both ways,
+    /// last error.
+    Links(AdminArgs),
     /// Totals of the broker.
     Stats(AdminArgs),
     /// The audit trail of the running broker, one JSON record per line (as
@@ -135,6 +138,7 @@ fn text(v: &Value) -> String {
 enum Table {
     Feeds,
     Nodes,
+    Links,
     Stats,
 }
 
@@ -142,6 +146,7 @@ pub async fn run(view: AdminView) -> Result<ExitCode> {
     match view {
         AdminView::Feeds(args) => table_view(Table::Feeds, &args).await,
         AdminView::Nodes(args) => table_view(Table::Nodes, &args).await,
+        AdminView::Links(args) => table_view(Table::Links, &args).await,
         AdminView::Stats(args) => table_view(Table::Stats, &args).await,
         AdminView::Audit(args) => audit(args).await,
     }
@@ -193,6 +198,44 @@ async fn table_view(view: Table, args: &AdminArgs) -> Result<ExitCode> {
                 .map(|n| json!({"urn": n.urn, "remote": n.remote, "since": time_json(&n.since)}))
                 .collect();
             (vec!["urn", "remote", "since"], rows)
+        }
+        Table::Links => {
+            let links = admin
+                .links(pb::AdminLinksRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .links;
+            let rows = links
+                .iter()
+                .map(|l| {
+                    let state = pb::LinkState::try_from(l.state)
+                        .map_or("?", |s| s.as_str_name())
+                        .trim_start_matches("LINK_STATE_")
+                        .to_ascii_lowercase();
+                    json!({"peer": l.peer, "broker": l.broker, "dials": l.dials, "state": state,
+                           "last_contact": time_json(&l.last_contact), "backlog_out": l.backlog_out,
+                           "exported_through": l.exported_through, "exported": l.exported,
+                           "duplicates": l.duplicates, "refused_by_peer": l.refused_by_peer,
+                           "imported": l.imported, "refused": l.refused, "missed": l.missed,
+                           "last_error": l.last_error})
+                })
+                .collect();
+            (
+                vec![
+                    "peer",
+                    "state",
+                    "last_contact",
+                    "backlog_out",
+                    "exported",
+                    "refused_by_peer",
+                    "imported",
+                    "refused",
+                    "missed",
+                    "last_error",
+                ],
+                rows,
+            )
         }
         Table::Stats => {
             let s = admin

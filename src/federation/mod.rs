@@ -16,11 +16,17 @@
 //! | module | owns |
 //! |---|---|
 //! | [`attest`] | signing exported alerts, verifying attestations against the origin state's CA |
-//! | [`session`] | the symmetric protocol of one link: export cursor, imports, answers |
+//! | [`session`] | the symmetric protocol of one link, over its four parts: |
+//! | `export` | the durable export cursor, offers in flight, the peer's answers |
+//! | `import` | verifying, checking and storing offers, answered in order |
+//! | `receipts` | receipts of imported alerts back to the originator, and the peer's receipts here |
 //! | [`dial`] | the side that dials: connect, reconnect with backoff |
 
 pub mod attest;
 pub mod dial;
+mod export;
+mod import;
+mod receipts;
 pub mod session;
 
 use std::path::PathBuf;

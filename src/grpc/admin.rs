@@ -16,6 +16,7 @@ pub struct AdminService {
     broker: Broker,
     connections: Connections,
     started: SystemTime,
+    federation: Option<crate::federation::Federation>,
 }
 
 impl AdminService {
@@ -24,7 +25,14 @@ impl AdminService {
             broker,
             connections,
             started: SystemTime::now(),
+            federation: None,
         }
+    }
+
+    /// The federation links `Links` reports.
+    pub fn with_federation(mut self, federation: Option<crate::federation::Federation>) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// Administrators only (any node when no policy file is in force).
@@ -164,6 +172,38 @@ impl Admin for AdminService {
             change.source,
             change.sha256,
         )))
+    }
+
+    async fn links(
+        &self,
+        req: Request<pb::AdminLinksRequest>,
+    ) -> Result<Response<pb::AdminLinksResponse>, Status> {
+        self.authorise(&req).await?;
+        let Some(federation) = &self.federation else {
+            return Ok(Response::new(pb::AdminLinksResponse::default()));
+        };
+        let links = federation
+            .reports()
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| pb::LinkView {
+                peer: r.name,
+                broker: r.broker.to_string(),
+                dials: r.dials,
+                state: r.state as i32,
+                last_contact: r.last_contact.map(timestamp),
+                last_error: r.last_error,
+                exported_through: r.stored.exported_through,
+                backlog_out: r.backlog_out,
+                exported: r.stored.exported,
+                duplicates: r.stored.duplicates,
+                refused_by_peer: r.stored.refused_by_peer,
+                imported: r.stored.imported,
+                refused: r.stored.refused,
+                missed: r.stored.missed,
+            })
+            .collect();
+        Ok(Response::new(pb::AdminLinksResponse { links }))
     }
 
     async fn nodes(

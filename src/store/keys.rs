@@ -10,6 +10,8 @@
 //! | `o` class:u8 seq:u64 | encoded size:u64 — the agent's outbox (class 0 = priority, 1 = routine) |
 //! | `z` seq:u64 | audit record (hash-chained) |
 //! | `r` id:[u8;16] kind:u8 recipient-urn 0x00 feed | receipt (time, note) |
+//! | `p` id:[u8;16] | the peer broker an imported alert came from (its receipts go back there) |
+//! | `q` n:u64 | the receipt journal: receipts of imported alerts, to send back over their link |
 //! | `m` name | meta value (`next_seq`, `bytes`, outbox and counters, the sequence reservation: u64; the WAL checkpoint) |
 //!
 //! Tree `feeds` (durable feed state): key `owner-urn 0x00 feed-name`, value
@@ -22,6 +24,8 @@ pub const ID: u8 = b'i';
 pub const OUTBOX: u8 = b'o';
 pub const AUDIT: u8 = b'z';
 pub const RECEIPT: u8 = b'r';
+pub const IMPORTED: u8 = b'p';
+pub const JOURNAL: u8 = b'q';
 pub const META_NEXT_SEQ: &[u8] = b"mnext_seq";
 pub const META_BYTES: &[u8] = b"mbytes";
 pub const META_OUTBOX_COUNT: &[u8] = b"moutbox_count";
@@ -48,6 +52,26 @@ pub fn audit(seq: u64) -> [u8; 9] {
 pub fn audit_seq(key: &[u8]) -> Option<u64> {
     match key {
         [AUDIT, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Where an imported alert came from.
+pub fn imported(id: &AlertId) -> [u8; 17] {
+    let mut k = [IMPORTED; 17];
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+pub fn journal(n: u64) -> [u8; 9] {
+    let mut k = [JOURNAL; 9];
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub fn journal_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [JOURNAL, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
         _ => None,
     }
 }

@@ -40,6 +40,15 @@ pub struct StoredLink {
     /// The last error of the link, if it is down.
     #[prost(string, tag = "9")]
     pub last_error: String,
+    /// Every receipt journal entry up to this number is sent and stored by
+    /// the peer (or not for it).
+    #[prost(uint64, tag = "10")]
+    pub receipts_through: u64,
+    /// Receipts sent back to the peer, and received from it.
+    #[prost(uint64, tag = "11")]
+    pub receipts_sent: u64,
+    #[prost(uint64, tag = "12")]
+    pub receipts_received: u64,
 }
 
 impl Store {

@@ -75,6 +75,8 @@ pub fn save(meta: &Meta, before: &Meta, batch: &mut Batch) {
 pub struct State {
     pub meta: Meta,
     pub last_received_us: u64,
+    /// The next number of the receipt journal.
+    pub next_journal: u64,
 }
 
 impl State {
@@ -101,9 +103,17 @@ impl State {
         if skip_reserved {
             meta.next_seq = meta.next_seq.max(meta.reserved_seq);
         }
+        let next_journal = log
+            .range(keys::journal(0)..=keys::journal(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(|e| StoreError::sled("reading the receipt journal", e))?
+            .and_then(|(k, _)| keys::journal_seq(&k))
+            .map_or(1, |n| n + 1);
         Ok(State {
             meta,
             last_received_us,
+            next_journal,
         })
     }
 
@@ -135,6 +145,7 @@ mod tests {
                 ..Meta::default()
             },
             last_received_us: 0,
+            next_journal: 1,
         };
         let mb = 4096;
         // The store reserves (and flushes) once as it opens.

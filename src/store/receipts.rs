@@ -21,6 +21,16 @@ struct StoredReceipt {
     note: String,
 }
 
+/// One entry of the receipt journal: a receipt of an imported alert, and
+/// the peer broker it goes back to.
+#[derive(Clone, PartialEq, prost::Message)]
+struct JournalEntry {
+    #[prost(string, tag = "1")]
+    peer: String,
+    #[prost(message, optional, tag = "2")]
+    receipt: Option<crate::proto::Receipt>,
+}
+
 /// Stages the receipts that do not exist yet, and one audit record per
 /// (kind, recipient, feed) among them (writer thread).
 ///
@@ -31,6 +41,7 @@ pub fn stage(
     group: &mut Group,
     chain: &mut Chain,
     receipts: &[Receipt],
+    next_journal: &mut u64,
 ) -> Result<(), StoreError> {
     let mut fresh: Vec<&Receipt> = Vec::new();
     for r in receipts {
@@ -48,6 +59,20 @@ pub fn stage(
         };
         group.batch.insert(key.as_slice(), value.encode_to_vec());
         group.receipts.insert(key);
+        // A receipt of an imported alert goes back over the link it came by.
+        if let Some(hop) = log
+            .get(keys::imported(&r.alert))
+            .map_err(|e| StoreError::sled("reading receipts", e))?
+        {
+            let entry = JournalEntry {
+                peer: String::from_utf8_lossy(&hop).into_owned(),
+                receipt: Some(r.to_proto()),
+            };
+            group
+                .batch
+                .insert(keys::journal(*next_journal), entry.encode_to_vec());
+            *next_journal += 1;
+        }
         fresh.push(r);
     }
     // Receipts of one acknowledgement share kind, recipient and feed.
@@ -134,6 +159,35 @@ impl Store {
             out.push(decode(&k, &v)?);
         }
         out.sort_by_key(|r| r.at);
+        Ok(out)
+    }
+
+    /// Up to `limit` entries of the receipt journal from number `from` on:
+    /// (number, the peer broker it goes back to, the receipt).
+    ///
+    /// # Errors
+    /// On a storage failure or a corrupt entry.
+    pub fn receipt_journal(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, crate::proto::Receipt)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .inner
+            .log
+            .range(keys::journal(from)..=keys::journal(u64::MAX))
+            .take(limit)
+        {
+            let (k, v) = kv.map_err(|e| StoreError::sled("reading the receipt journal", e))?;
+            let n =
+                keys::journal_seq(&k).ok_or_else(|| corrupt("journal key", format!("{k:?}")))?;
+            let entry =
+                JournalEntry::decode(v.as_ref()).map_err(|e| corrupt("journal entry", e))?;
+            if let Some(r) = entry.receipt {
+                out.push((n, entry.peer, r));
+            }
+        }
         Ok(out)
     }
 

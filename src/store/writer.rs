@@ -220,7 +220,13 @@ impl Writer {
                 }
                 Command::Audit { event } => self.chain.stage(&mut group.batch, &event),
                 Command::Receipt { receipts, reply } => {
-                    let result = receipts::stage(&self.log, &mut group, &mut self.chain, &receipts);
+                    let result = receipts::stage(
+                        &self.log,
+                        &mut group,
+                        &mut self.chain,
+                        &receipts,
+                        &mut self.state.next_journal,
+                    );
                     group.done.push((reply, result));
                 }
                 Command::Prune {
@@ -372,6 +378,11 @@ impl Writer {
                 size,
                 limits,
             )?,
+        }
+        if let Some(hop) = record.provenance.as_ref().and_then(|p| p.path.last()) {
+            group
+                .batch
+                .insert(keys::imported(&record.alert.id), hop.as_bytes());
         }
         group.batch.insert(keys::alert(seq), bytes);
         group

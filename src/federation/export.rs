@@ -1,0 +1,278 @@
+//! The export half of a link's session: the durable cursor over the local
+//! log, the offers in flight, and the peer's answers
+//! ([`super::session`] describes the protocol).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::session::{Shared, local_problem, lock, send};
+use super::{Federation, PeerLink};
+use crate::agent::Problem;
+use crate::alert::{AlertId, Record, Seq, micros};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::policy::Destination;
+use crate::proto as pb;
+use pb::link_frame::Frame;
+
+/// Records read from the log at a time.
+const SCAN: usize = 256;
+/// Answers between two saves of the export cursor.
+const SAVE_EVERY: u64 = 256;
+
+/// The export half: cursor, offers in flight, counters.
+pub(super) struct Exporter {
+    fed: Federation,
+    peer: Arc<PeerLink>,
+    /// The link's durable state, shared with the importer.
+    state: Shared,
+    /// The next local sequence to read.
+    next: u64,
+    /// Offers sent and not yet answered, oldest first.
+    pending: VecDeque<(u64, AlertId)>,
+    /// Nothing past `next` to read (wait for the head to move).
+    pub(super) caught_up: bool,
+    /// When the oldest pending offer was sent or last answered.
+    progress: Instant,
+    unsaved: u64,
+    stored: Vec<(Seq, AlertId)>,
+}
+
+impl Exporter {
+    pub(super) fn new(fed: &Federation, peer: &Arc<PeerLink>, state: Shared) -> Exporter {
+        let next = lock(&state).exported_through + 1;
+        Exporter {
+            next,
+            state,
+            fed: fed.clone(),
+            peer: peer.clone(),
+            pending: VecDeque::new(),
+            caught_up: false,
+            progress: Instant::now(),
+            unsaved: 0,
+            stored: Vec::new(),
+        }
+    }
+
+    fn destination(&self) -> (crate::identity::CountryCode, String) {
+        (
+            self.peer.config.broker.country(),
+            self.peer.config.broker.to_string(),
+        )
+    }
+
+    /// Offers released records while the window has room.
+    pub(super) async fn fill(&mut self, out: &mpsc::Sender<pb::LinkFrame>) -> Result<(), Problem> {
+        let broker = &self.fed.inner.broker;
+        let window = self.fed.inner.link.window.max(1);
+        while self.pending.len() < window {
+            if let Some(first) = broker.first_seq().map_err(local_problem)?
+                && first.0 > self.next
+            {
+                let missed = first.0 - self.next;
+                warn!(peer = %self.peer.config.name, missed, "retention removed alerts before the link could export them");
+                metrics::counter!(crate::metrics::LINK_MISSED, "peer" => self.peer.config.name.clone()).increment(missed);
+                lock(&self.state).missed += missed;
+                self.next = first.0;
+            }
+            let records = broker
+                .records_from(Seq(self.next), SCAN)
+                .map_err(local_problem)?;
+            if records.is_empty() {
+                self.caught_up = true;
+                self.publish_live();
+                return Ok(());
+            }
+            self.caught_up = false;
+            for record in records {
+                if self.pending.len() >= window {
+                    break;
+                }
+                self.next = record.seq.0 + 1;
+                if let Some(offer) = self.offer_for(&record)? {
+                    if self.pending.is_empty() {
+                        self.progress = Instant::now();
+                    }
+                    self.pending.push_back((record.seq.0, record.alert.id));
+                    send(out, Frame::Offer(offer)).await?;
+                }
+            }
+            self.publish_live();
+        }
+        Ok(())
+    }
+
+    /// The offer of `record`, if the policy releases it to the peer.
+    fn offer_for(&self, record: &Record) -> Result<Option<pb::Offer>, Problem> {
+        if !self.releases(record) {
+            return Ok(None);
+        }
+        let local = self.fed.broker_id().to_string();
+        let (attestation, mut path) = match &record.provenance {
+            Some(p) => (p.attestation.clone(), p.path.clone()),
+            None => (
+                Some(
+                    self.fed
+                        .inner
+                        .signer
+                        .attest(record)
+                        .map_err(Problem::Local)?,
+                ),
+                Vec::new(),
+            ),
+        };
+        path.push(local);
+        Ok(Some(pb::Offer {
+            seq: record.seq.0,
+            attestation,
+            path,
+        }))
+    }
+
+    /// Whether the policy releases `record` to the peer: itself, and for an
+    /// update or cancel, each earlier alert it references that is stored
+    /// here (so that a cancel cannot reveal an alert the peer never got).
+    fn releases(&self, record: &Record) -> bool {
+        let policy = self.fed.inner.broker.policy();
+        let (country, broker) = self.destination();
+        let to = Destination {
+            local: self.fed.broker_id().country(),
+            country,
+            broker: &broker,
+        };
+        let allowed = |r: &Record| {
+            policy
+                .may_export(&r.alert, r.provenance.as_deref(), to)
+                .is_ok()
+        };
+        if !allowed(record) {
+            return false;
+        }
+        record.alert.body.references.iter().all(|reference| {
+            let Ok(uuid) = uuid::Uuid::parse_str(reference) else {
+                return false;
+            };
+            match self.fed.inner.broker.record_by_id(&AlertId(uuid)) {
+                Ok(Some(earlier)) => allowed(&earlier),
+                Ok(None) => true,
+                Err(_) => false,
+            }
+        })
+    }
+
+    /// Takes the peer's answer to the oldest offer.
+    pub(super) async fn answer(&mut self, answer: &pb::Answer) -> Result<(), Problem> {
+        let Some(&(seq, id)) = self.pending.front() else {
+            return Err(Problem::Down(format!(
+                "the peer answered offer {} that was not sent",
+                answer.seq
+            )));
+        };
+        if answer.seq != seq {
+            return Err(Problem::Down(format!(
+                "the peer answered offer {} while {seq} was the oldest unanswered",
+                answer.seq
+            )));
+        }
+        self.pending.pop_front();
+        self.progress = Instant::now();
+        let name = self.peer.config.name.clone();
+        match pb::AnswerKind::try_from(answer.kind) {
+            Ok(pb::AnswerKind::Stored) => {
+                lock(&self.state).exported += 1;
+                self.stored.push((Seq(seq), id));
+                metrics::counter!(crate::metrics::LINK_EXPORTED, "peer" => name).increment(1);
+            }
+            Ok(pb::AnswerKind::Duplicate) => lock(&self.state).duplicates += 1,
+            _ => {
+                lock(&self.state).refused_by_peer += 1;
+                metrics::counter!(crate::metrics::LINK_REFUSED_BY_PEER, "peer" => name)
+                    .increment(1);
+                warn!(peer = %self.peer.config.name, %id, reason = %answer.reason, "the peer refused an exported alert");
+                self.fed
+                    .inner
+                    .broker
+                    .audit_event(AuditEvent::new(
+                        AuditKind::Refused,
+                        self.peer.config.broker.to_string(),
+                        Some(id),
+                        format!(
+                            "refused by peer {}: {}",
+                            self.peer.config.name, answer.reason
+                        ),
+                    ))
+                    .await;
+            }
+        }
+        self.unsaved += 1;
+        if self.unsaved >= SAVE_EVERY || self.pending.is_empty() {
+            self.save();
+        }
+        Ok(())
+    }
+
+    fn cursor(&self) -> u64 {
+        self.pending
+            .front()
+            .map_or(self.next.saturating_sub(1), |(s, _)| s - 1)
+    }
+
+    fn publish_live(&self) {
+        let (through, in_flight) = (self.cursor(), self.pending.len());
+        self.peer.set_live(|l| {
+            l.exported_through = through;
+            l.in_flight = in_flight;
+        });
+    }
+
+    /// Saves the cursor and counters (durable with the next checkpoint).
+    pub(super) fn save(&mut self) {
+        let cursor = self.cursor();
+        let state = {
+            let mut state = lock(&self.state);
+            state.exported_through = cursor.max(state.exported_through);
+            state.last_contact_us = micros(SystemTime::now());
+            state.clone()
+        };
+        self.unsaved = 0;
+        self.publish_live();
+        if let Err(e) = self
+            .fed
+            .inner
+            .broker
+            .save_link(&self.peer.config.name, &state)
+        {
+            warn!(peer = %self.peer.config.name, error = %e, "cannot save the link's cursor; it is saved again with the next answers");
+        }
+    }
+
+    /// An offer unanswered for `limit` means the link stalled.
+    pub(super) fn check_stall(&self, limit: Duration) -> Result<(), Problem> {
+        if !self.pending.is_empty() && self.progress.elapsed() > limit {
+            return Err(Problem::Down(format!(
+                "the peer answered nothing for {limit:?}: the link stalled"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn flush_audit(&mut self) {
+        if self.stored.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.stored);
+        self.fed
+            .inner
+            .broker
+            .audit_event(AuditEvent::link_batch(
+                AuditKind::Exported,
+                self.peer.config.broker.to_string(),
+                &format!("stored by peer {}", self.peer.config.name),
+                &batch,
+            ))
+            .await;
+    }
+}

@@ -1,0 +1,194 @@
+//! The import half of a link's session: each offer verified, checked and
+//! stored, and answered in order ([`super::session`] describes the
+//! protocol).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use tracing::{info, warn};
+
+use super::session::{Shared, answer, local_problem, lock};
+use super::{Federation, PeerLink, attest};
+use crate::agent::Problem;
+use crate::alert::{self, AlertId, Seq};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::broker::BrokerError;
+use crate::policy::Destination;
+use crate::proto as pb;
+use crate::store::StoredLink;
+
+/// The answer to one offer, or a failure that ends the session.
+type Answering = BoxFuture<'static, Result<pb::Answer, Problem>>;
+
+/// The import half: offers being stored, answered in order.
+pub(super) struct Importer {
+    fed: Federation,
+    peer: Arc<PeerLink>,
+    pub(super) pending: FuturesOrdered<Answering>,
+    stored: Arc<std::sync::Mutex<Vec<(Seq, AlertId)>>>,
+    state: Shared,
+}
+
+impl Importer {
+    pub(super) fn new(fed: &Federation, peer: &Arc<PeerLink>, state: Shared) -> Importer {
+        Importer {
+            fed: fed.clone(),
+            peer: peer.clone(),
+            pending: FuturesOrdered::new(),
+            stored: Arc::default(),
+            state,
+        }
+    }
+
+    /// Checks and stores one offer; its answer joins the queue.
+    pub(super) async fn offer(&mut self, offer: pb::Offer) {
+        let seq = offer.seq;
+        let checked = self.check(offer);
+        let answering: Answering = match checked {
+            Err(reason) => {
+                self.refused(seq, &reason).await;
+                Box::pin(async move { Ok(answer(seq, pb::AnswerKind::Refused, reason)) })
+            }
+            Ok((alert, provenance)) => {
+                let id = alert.id;
+                match self.fed.inner.broker.submit_import(alert, provenance).await {
+                    Err(e) => Box::pin(async move { Err(local_problem(e)) }),
+                    Ok(pending) => {
+                        let stored = self.stored.clone();
+                        let peer = self.peer.config.name.clone();
+                        Box::pin(async move {
+                            match pending.await {
+                                Ok(ack) if ack.duplicate => {
+                                    Ok(answer(seq, pb::AnswerKind::Duplicate, String::new()))
+                                }
+                                Ok(ack) => {
+                                    lock(&stored).push((ack.seq, id));
+                                    metrics::counter!(crate::metrics::LINK_IMPORTED, "peer" => peer).increment(1);
+                                    Ok(answer(seq, pb::AnswerKind::Stored, String::new()))
+                                }
+                                Err(BrokerError::Store(crate::store::StoreError::IdConflict)) => {
+                                    Ok(answer(
+                                        seq,
+                                        pb::AnswerKind::Refused,
+                                        "alert.id: already used by another origin's alert".into(),
+                                    ))
+                                }
+                                Err(e) => Err(local_problem(e)),
+                            }
+                        })
+                    }
+                }
+            }
+        };
+        self.pending.push_back(answering);
+    }
+
+    /// Verifies an offer; the alert and its provenance, or why not.
+    fn check(&self, offer: pb::Offer) -> Result<(alert::Alert, pb::Provenance), String> {
+        let inner = &self.fed.inner;
+        let attestation = offer.attestation.ok_or("offer.attestation: required")?;
+        let attested = attest::verify(&attestation, &inner.origins).map_err(|e| e.to_string())?;
+        let origin_country = attested.origin.country();
+        let speaks_for = self.peer.config.countries.contains(&origin_country);
+        if !speaks_for && offer.path.len() < 2 {
+            return Err(format!(
+                "origin country {origin_country}: peer {} may not speak for it, and the alert was not relayed from its own broker",
+                self.peer.config.name
+            ));
+        }
+        let local = self.fed.broker_id().to_string();
+        match (offer.path.first(), offer.path.last()) {
+            (Some(first), Some(last))
+                if *first == attested.signer.to_string()
+                    && *last == self.peer.config.broker.to_string() => {}
+            _ => {
+                return Err(format!(
+                    "offer.path: must run from the origin broker {} to the peer {}",
+                    attested.signer, self.peer.config.broker
+                ));
+            }
+        }
+        if offer.path.contains(&local) {
+            return Err("offer.path: this broker is on it already (a loop)".into());
+        }
+        let statement = attested.statement;
+        let body = statement
+            .alert
+            .ok_or("attestation: the statement holds no alert")?;
+        let alert = alert::validate(
+            body.clone(),
+            &attested.origin,
+            &inner.broker.config().limits,
+            SystemTime::now(),
+        )
+        .map_err(|e| e.to_string())?;
+        if alert.body != body {
+            return Err(
+                "attestation: the alert is not in the form its origin broker stores".into(),
+            );
+        }
+        let provenance = pb::Provenance {
+            origin_broker: attested.signer.to_string(),
+            origin_received_at: statement.received_at,
+            path: offer.path,
+            attestation: Some(attestation),
+        };
+        // This broker's policy, as the peer's side applies it: seen from
+        // the peer, could it release this alert to us?
+        let from = Destination {
+            local: self.peer.config.broker.country(),
+            country: self.fed.broker_id().country(),
+            broker: &local,
+        };
+        inner
+            .broker
+            .policy()
+            .may_export(&alert, Some(&provenance), from)
+            .map_err(|w| format!("policy: {w}"))?;
+        Ok((alert, provenance))
+    }
+
+    async fn refused(&mut self, seq: u64, reason: &str) {
+        let name = self.peer.config.name.clone();
+        warn!(peer = %name, offer = seq, %reason, "refused an alert from a federation peer");
+        metrics::counter!(crate::metrics::LINK_REFUSED, "peer" => name.clone()).increment(1);
+        self.fed
+            .inner
+            .broker
+            .audit_event(AuditEvent::new(
+                AuditKind::ImportRefused,
+                self.peer.config.broker.to_string(),
+                None,
+                format!("from peer {name}, offer {seq}: {reason}"),
+            ))
+            .await;
+        self.count(|s| s.refused += 1);
+    }
+
+    /// Counts in the link's state (saved with the exporter's next save).
+    fn count(&self, f: impl FnOnce(&mut StoredLink)) {
+        f(&mut lock(&self.state));
+    }
+
+    pub(super) async fn flush_audit(&mut self) {
+        let batch = std::mem::take(&mut *lock(&self.stored));
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        self.count(|s| s.imported += n);
+        info!(peer = %self.peer.config.name, alerts = n, "imported");
+        self.fed
+            .inner
+            .broker
+            .audit_event(AuditEvent::link_batch(
+                AuditKind::Imported,
+                self.peer.config.broker.to_string(),
+                &format!("from peer {}", self.peer.config.name),
+                &batch,
+            ))
+            .await;
+    }
+}
