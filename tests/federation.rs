@@ -319,7 +319,12 @@ async fn receipts_of_the_foreign_office_reach_the_originating_post() {
     let mut post = pair.tj.client(TJ_POST).await;
     let mut office = pair.af.client(AF_OFFICE).await;
     let mut feed = Subscriber::open(&mut office, open("main", pb::Filter::default())).await;
-    let a = marked(pb::Category::Drugs, "caravan at the ford", pb::Tlp::Amber, &["AF"]);
+    let a = marked(
+        pb::Category::Drugs,
+        "caravan at the ford",
+        pb::Tlp::Amber,
+        &["AF"],
+    );
     let id = a.id.clone();
     publish(&mut post, a).await;
     let d = feed.next().await;
@@ -345,7 +350,11 @@ async fn receipts_of_the_foreign_office_reach_the_originating_post() {
                 .collect::<Result<_, _>>()
                 .await
                 .map_err(|e| e.to_string())?;
-            if list.len() == 2 { Ok(list) } else { Err(format!("{list:?}")) }
+            if list.len() == 2 {
+                Ok(list)
+            } else {
+                Err(format!("{list:?}"))
+            }
         }
     })
     .await;

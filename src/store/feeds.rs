@@ -49,6 +49,7 @@ impl Store {
         self.inner
             .feeds
             .insert(keys::feed(owner, name), feed.encode_to_vec())?;
+        self.mark_dirty();
         Ok(())
     }
 

@@ -73,6 +73,7 @@ impl Store {
         self.inner
             .links
             .insert(peer.as_bytes(), link.encode_to_vec())?;
+        self.mark_dirty();
         Ok(())
     }
 }

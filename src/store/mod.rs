@@ -128,6 +128,9 @@ struct Inner {
     feeds: sled::Tree,
     /// Federation links' export cursors and counters ([`links`]).
     links: sled::Tree,
+    /// Shared with the write-ahead log's checkpointer: direct writes (feed
+    /// and link state) mark it dirty, so the next checkpoint flushes them.
+    wal_shared: Arc<wal::Shared>,
     /// Requests to the writer thread, which holds the receiver. Bounded: when
     /// the disk cannot keep up, publishers wait here.
     writer: mpsc::Sender<Command>,
@@ -189,6 +192,7 @@ impl Store {
             // The first record of this run's audit trail.
             let _ = tx.try_send(Command::Audit { event });
         }
+        let wal_shared = wal.shared();
         let w = writer::Writer {
             log: log.clone(),
             wal: Some(wal),
@@ -217,6 +221,7 @@ impl Store {
                 log,
                 feeds,
                 links,
+                wal_shared,
                 writer: tx,
                 head,
                 meta,
@@ -303,6 +308,15 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
+    }
+
+    /// Something was written to sled outside the write-ahead log: the next
+    /// checkpoint must flush it.
+    fn mark_dirty(&self) {
+        self.inner
+            .wal_shared
+            .dirty
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Deletes the oldest records while they are older than `max_age` or the

@@ -326,10 +326,15 @@ impl Writer {
     /// Stops every later write (reads go on); the next open replays the log.
     fn stop_writes(&self, e: &StoreError) {
         error!(error = %e, "the store refuses further writes until the broker is restarted");
-        let mut failed = lock(&self.failed);
-        if failed.is_none() {
-            *failed = Some(e.clone());
+        {
+            let mut failed = lock(&self.failed);
+            if failed.is_none() {
+                *failed = Some(e.clone());
+            }
         }
+        // Before anyone is answered: a caller told of the failure finds the
+        // writes reported stopped.
+        self.report_writes();
     }
 
     /// Tells readers (health, admin, metrics) whether alerts are accepted.

@@ -36,6 +36,9 @@ pub struct Shared {
     pub synced: AtomicU64,
     /// The file being appended to, and its number.
     pub active: Mutex<(u32, Arc<File>)>,
+    /// Something was written to sled outside the write-ahead log (feed and
+    /// link cursors) since the last checkpoint.
+    pub dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -121,6 +124,7 @@ pub fn run(
     failed: &Mutex<Option<StoreError>>,
 ) {
     let mut recorded: Option<[u8; 13]> = None;
+    let mut flushed_through = None;
     loop {
         let mut requests = match rx.recv_timeout(every) {
             Ok(c) => vec![c],
@@ -129,6 +133,13 @@ pub fn run(
         };
         requests.extend(rx.try_iter());
         let through = shared.applied.load(Ordering::Acquire);
+        // Nothing new since the last checkpoint: no flush. (Besides sparing
+        // an idle disk, this keeps a full disk from failing a flush that had
+        // nothing to write, after which sled refuses even some reads.)
+        let dirty = shared.dirty.swap(false, Ordering::AcqRel);
+        if requests.is_empty() && !dirty && flushed_through == Some(through) {
+            continue;
+        }
         let closing = requests.iter().any(|r| r.closing);
         let (number, active) = lock(&shared.active).clone();
         let value = encode(Checkpoint {
@@ -155,7 +166,10 @@ pub fn run(
             })
             .map(drop);
         match &result {
-            Ok(()) => recorded = Some(value),
+            Ok(()) => {
+                recorded = Some(value);
+                flushed_through = Some(through);
+            }
             Err(e) => {
                 let mut f = lock(failed);
                 if f.is_none() {

@@ -224,6 +224,7 @@ impl Wal {
             written: AtomicU64::new(newest),
             synced: AtomicU64::new(newest),
             active: Mutex::new((number, file.clone())),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         });
         let spare = Arc::new(Mutex::new(spare));
         let (tx, rx) = channel();
