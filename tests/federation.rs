@@ -366,3 +366,161 @@ async fn receipts_of_the_foreign_office_reach_the_originating_post() {
     assert!(kinds.contains(&(pb::ReceiptKind::Acknowledged as i32)));
     assert!(receipts.iter().any(|r| r.note == "patrol sent"));
 }
+
+/// TJ's broker with AF as a peer that dials it; the test plays AF's broker
+/// by hand, so that it can send what no honest broker sends.
+async fn tj_waiting_for_af() -> (TestBroker, Pki) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (tj_pki, af_pki) = (Pki::national("TJ"), Pki::national("AF"));
+    let af_ca = af_pki.ca_path();
+    let policy = write_policy(&tj_pki);
+    let tj = TestBroker::start_in(tj_pki, |c| {
+        c.policy_file = Some(policy);
+        c.federation.peers = vec![PeerConfig {
+            name: "af".into(),
+            broker: broker_of("AF"),
+            ca: af_ca,
+            crl: None,
+            countries: vec![broker_of("AF").country()],
+            url: None,
+        }];
+    })
+    .await;
+    (tj, af_pki)
+}
+
+/// An attestation by `signer` of `body` as published by `origin`.
+fn attested(signer: &attest::Signer, origin: &str, body: pb::Alert) -> pb::Attestation {
+    let origin: NodeId = origin.parse().expect("urn");
+    let alert = liaison::alert::validate(
+        body,
+        &origin,
+        &liaison::alert::Limits::default(),
+        std::time::SystemTime::now(),
+    )
+    .expect("valid");
+    let record = liaison::alert::Record {
+        seq: liaison::alert::Seq(1),
+        received_at: std::time::SystemTime::now(),
+        alert,
+        provenance: None,
+    };
+    signer.attest(&record).expect("signs")
+}
+
+#[tokio::test]
+async fn forged_changed_and_garbage_offers_are_refused_and_the_link_goes_on() {
+    use pb::link_frame::Frame;
+    let (tj, af_pki) = tj_waiting_for_af().await;
+    let af_files = liaison::tls::TlsFiles {
+        ca: tj.pki.ca_path(),
+        ..af_pki.broker_files()
+    };
+    let signer = attest::Signer::load(&af_pki.broker_files()).expect("AF's broker key");
+    let channel = liaison::client::endpoint(&tj.url(), Some(&af_files))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("AF's broker certificate passes the handshake");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut inbound = pb::federation_client::FederationClient::new(channel)
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the link opens")
+        .into_inner();
+    let send = |f: Frame| {
+        let tx = tx.clone();
+        async move {
+            tx.send(pb::LinkFrame { frame: Some(f) })
+                .await
+                .expect("send")
+        }
+    };
+    send(Frame::Hello(pb::LinkHello {
+        broker: broker_of("AF").to_string(),
+        version: 1,
+    }))
+    .await;
+    let path = vec![broker_of("AF").to_string()];
+    let offer = |seq, attestation| {
+        Frame::Offer(pb::Offer {
+            seq,
+            attestation,
+            path: path.clone(),
+        })
+    };
+    // 1. An origin of a third country, signed with AF's own key.
+    let forged = attested(&signer, UZ_OFFICE, alert(pb::Category::Drugs, "forged"));
+    send(offer(1, Some(forged))).await;
+    // 2. A changed byte in an honest statement.
+    let mut changed = attested(&signer, AF_OFFICE, alert(pb::Category::Drugs, "changed"));
+    let at = changed.statement.len() - 3;
+    changed.statement[at] ^= 0x20;
+    send(offer(2, Some(changed))).await;
+    // 3. Garbage: no attestation, then one that does not decode.
+    send(offer(3, None)).await;
+    send(offer(
+        4,
+        Some(pb::Attestation {
+            statement: vec![0xff; 32],
+            ..Default::default()
+        }),
+    ))
+    .await;
+    // 4. An honest offer after all that.
+    let honest = attested(&signer, AF_OFFICE, alert(pb::Category::Drugs, "honest"));
+    send(offer(5, Some(honest))).await;
+    let mut answers = Vec::new();
+    while answers.len() < 5 {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+            .await
+            .expect("answered in time")
+            .expect("the link goes on")
+            .expect("a frame");
+        if let Some(Frame::Answer(a)) = frame.frame {
+            answers.push(a);
+        }
+    }
+    let kinds: Vec<i32> = answers.iter().map(|a| a.kind).collect();
+    let refused = pb::AnswerKind::Refused as i32;
+    assert_eq!(
+        kinds,
+        [
+            refused,
+            refused,
+            refused,
+            refused,
+            pb::AnswerKind::Stored as i32
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(answers[0].reason.contains("UZ"), "{}", answers[0].reason);
+    assert!(
+        answers[1].reason.contains("attestation"),
+        "{}",
+        answers[1].reason
+    );
+    assert!(
+        answers[2].reason.contains("offer.attestation"),
+        "{}",
+        answers[2].reason
+    );
+    let mut post = tj.client(TJ_POST).await;
+    let got = wait_for_broker_alerts(&mut post, 1).await;
+    assert_eq!(headlines(&got), ["honest"]);
+    assert_eq!(
+        got[0]
+            .alert
+            .as_ref()
+            .and_then(|a| a.origin.as_ref())
+            .map(|o| o.urn.as_str()),
+        Some(AF_OFFICE)
+    );
+}
