@@ -524,3 +524,171 @@ async fn forged_changed_and_garbage_offers_are_refused_and_the_link_goes_on() {
         Some(AF_OFFICE)
     );
 }
+
+const TRIANGLE: &str = r#"
+[[node]]
+match = "TJ"
+role = "post"
+
+[[node]]
+match = "AF"
+role = "liaison_office"
+
+[[node]]
+match = "UZ"
+role = "liaison_office"
+
+[[agreement]]
+between = ["TJ", "AF"]
+categories = ["drugs"]
+max_tlp = "amber"
+
+[[agreement]]
+between = ["AF", "UZ"]
+categories = ["drugs"]
+max_tlp = "green"
+reshare = true
+
+# Uzbek nodes see Tajik alerts (relayed by Afghanistan) under Uzbekistan's
+# own agreement with Tajikistan, as within one broker.
+[[agreement]]
+between = ["TJ", "UZ"]
+categories = ["drugs"]
+max_tlp = "green"
+"#;
+
+fn peer(name: &str, country: &str, ca: &std::path::Path, url: Option<String>) -> PeerConfig {
+    PeerConfig {
+        name: name.into(),
+        broker: broker_of(country),
+        ca: ca.to_owned(),
+        crl: None,
+        countries: vec![broker_of(country).country()],
+        url,
+    }
+}
+
+async fn state(
+    pki: Pki,
+    peers: Vec<PeerConfig>,
+    origins: Vec<liaison::federation::OriginConfig>,
+) -> TestBroker {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let policy = pki.path().join("policy.toml");
+    std::fs::write(&policy, TRIANGLE).expect("policy");
+    TestBroker::start_in(pki, |c| {
+        c.policy_file = Some(policy);
+        c.federation.peers = peers;
+        c.federation.origins = origins;
+        fast_link(c);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_triangle_reshares_green_where_allowed_keeps_amber_at_the_first_border_and_never_loops() {
+    let (tj_pki, af_pki, uz_pki) = (
+        Pki::national("TJ"),
+        Pki::national("AF"),
+        Pki::national("UZ"),
+    );
+    // The CA files stay where they are while the brokers own their PKIs.
+    let (tj_ca, af_ca, uz_ca) = (tj_pki.ca_path(), af_pki.ca_path(), uz_pki.ca_path());
+    let tj_origin = liaison::federation::OriginConfig {
+        country: broker_of("TJ").country(),
+        broker: broker_of("TJ"),
+        ca: tj_ca.clone(),
+    };
+    let uz = state(
+        uz_pki,
+        vec![peer("af", "AF", &af_ca, None)],
+        vec![tj_origin],
+    )
+    .await;
+    let af = state(
+        af_pki,
+        vec![
+            peer("tj", "TJ", &tj_ca, None),
+            peer("uz", "UZ", &uz_ca, Some(uz.url())),
+        ],
+        vec![],
+    )
+    .await;
+    let tj = state(
+        tj_pki,
+        vec![peer("af", "AF", &af_ca, Some(af.url()))],
+        vec![],
+    )
+    .await;
+
+    let mut post = tj.client(TJ_POST).await;
+    let cases = [
+        (
+            marked(pb::Category::Drugs, "clear", pb::Tlp::Clear, &[]),
+            true,
+            true,
+        ),
+        (
+            marked(pb::Category::Drugs, "green to UZ", pb::Tlp::Green, &["UZ"]),
+            true,
+            true,
+        ),
+        (
+            marked(pb::Category::Drugs, "green", pb::Tlp::Green, &[]),
+            true,
+            false,
+        ),
+        (
+            marked(
+                pb::Category::Drugs,
+                "amber to AF and UZ",
+                pb::Tlp::Amber,
+                &["AF", "UZ"],
+            ),
+            true,
+            false,
+        ),
+        (
+            marked(pb::Category::Drugs, "sentinel", pb::Tlp::Clear, &[]),
+            true,
+            true,
+        ),
+    ];
+    let (mut at_af, mut at_uz) = (Vec::new(), Vec::new());
+    for (a, to_af, to_uz) in cases {
+        if to_af {
+            at_af.push(a.headline.clone());
+        }
+        if to_uz {
+            at_uz.push(a.headline.clone());
+        }
+        publish(&mut post, a).await;
+    }
+    let mut af_office = af.client(AF_OFFICE).await;
+    let got = wait_for_broker_alerts(&mut af_office, at_af.len()).await;
+    assert_eq!(headlines(&got), at_af);
+    let mut uz_office = uz.client(UZ_OFFICE).await;
+    let got = wait_for_broker_alerts(&mut uz_office, at_uz.len()).await;
+    assert_eq!(headlines(&got), at_uz, "each once, and nothing AMBER");
+    for r in &got {
+        let p = r.provenance.as_ref().expect("provenance");
+        assert_eq!(p.origin_broker, broker_of("TJ").to_string());
+        assert_eq!(
+            p.path,
+            [broker_of("TJ").to_string(), broker_of("AF").to_string()]
+        );
+        assert_eq!(
+            r.alert
+                .as_ref()
+                .and_then(|a| a.origin.as_ref())
+                .map(|o| o.urn.as_str()),
+            Some(TJ_POST)
+        );
+    }
+    // Nothing came back to Tajikistan: it holds only its own five.
+    let mut centre = tj.client(TJ_POST_2).await;
+    assert_eq!(broker_alerts(&mut centre).await.len(), 5);
+}

@@ -265,8 +265,12 @@ fn readable(r: &pb::AlertRecord) -> String {
     };
     let s = |v: serde_json::Value| v.as_str().unwrap_or("?").to_owned();
     let tlp = a.marking.as_ref().map_or(0, |m| m.tlp);
+    let via = r
+        .provenance
+        .as_ref()
+        .map_or(String::new(), |p| format!(" via {}", p.path.join(" > ")));
     format!(
-        "[{}] {} {} {} TLP:{} {} {}: {}",
+        "[{}] {} {} {} TLP:{} {}{via} {}: {}",
         r.seq,
         s(time_json(&r.received_at)),
         s(short::<pb::Severity>(a.severity)).to_uppercase(),

@@ -104,10 +104,34 @@ pub fn parse_time(field: &str, s: &str) -> Result<prost_types::Timestamp> {
 }
 
 pub fn record_json(r: &pb::AlertRecord) -> Value {
-    json!({
+    let mut v = json!({
         "seq": r.seq,
         "received_at": time_json(&r.received_at),
         "alert": r.alert.as_ref().map_or(Value::Null, alert_json),
+    });
+    if let Some(p) = &r.provenance {
+        v["provenance"] = provenance_json(p);
+    }
+    v
+}
+
+/// Where an imported alert comes from, with the origin broker's
+/// attestation (statement, signature and certificates as base64) for
+/// anyone to check again.
+fn provenance_json(p: &pb::Provenance) -> Value {
+    let att = p.attestation.as_ref().map_or(Value::Null, |a| {
+        json!({
+            "scheme": a.scheme,
+            "statement": B64.encode(&a.statement),
+            "signature": B64.encode(&a.signature),
+            "certificates": a.certificates.iter().map(|c| B64.encode(c)).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "origin_broker": p.origin_broker,
+        "origin_received_at": time_json(&p.origin_received_at),
+        "path": p.path,
+        "attestation": att,
     })
 }
 
