@@ -287,7 +287,12 @@ impl Broker {
                     return Ok(page);
                 }
                 if query.filter.matches(&r.alert, viewer) && policy.entitled(&r.alert, viewer) {
-                    bytes += prost::Message::encoded_len(&r.alert.body);
+                    // The provenance of an imported alert (its attestation
+                    // holds the alert again, and a certificate) counts too.
+                    bytes += prost::Message::encoded_len(&r.alert.body)
+                        + r.provenance
+                            .as_deref()
+                            .map_or(0, prost::Message::encoded_len);
                     page.records.push(r.clone());
                 }
                 page.next = Some(r.seq);
