@@ -160,7 +160,7 @@ async fn the_importing_broker_killed_mid_transfer_loses_and_doubles_nothing() {
     let (batch, expected) = alerts(N);
     publish_many(&mut post, batch).await;
     let office_files = af_pki.node(AF_OFFICE);
-    let mut office = client::connect(&af.url, Some(&office_files))
+    let office = client::connect(&af.url, Some(&office_files))
         .await
         .expect("connect");
     let seen = eventually("the transfer has begun", || {
