@@ -184,11 +184,11 @@ async fn the_origin_is_provable_and_a_changed_byte_is_detected() {
         .expect("attestation");
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tj_ca = pair.tj.pki.ca_path();
-    let origins = [attest::Origin {
-        country: broker_of("TJ").country(),
-        broker: broker_of("TJ"),
-        verifier: liaison::tls::ca_verifier(&tj_ca, None, &provider).expect("verifier"),
-    }];
+    let origins = [attest::Origin::new(
+        broker_of("TJ").country(),
+        broker_of("TJ"),
+        liaison::tls::ca_verifier(&tj_ca, None, &provider).expect("verifier"),
+    )];
     let ok = attest::verify(&att, &origins).expect("verifies against TJ's CA");
     assert_eq!(
         ok.statement.alert.as_ref().map(|a| a.headline.as_str()),
@@ -216,10 +216,11 @@ async fn the_origin_is_provable_and_a_changed_byte_is_detected() {
     );
     // Under another state's CA it proves nothing.
     let af_ca = pair.af.pki.ca_path();
-    let wrong = [attest::Origin {
-        verifier: liaison::tls::ca_verifier(&af_ca, None, &provider).expect("verifier"),
-        ..origins[0].clone()
-    }];
+    let wrong = [attest::Origin::new(
+        broker_of("TJ").country(),
+        broker_of("TJ"),
+        liaison::tls::ca_verifier(&af_ca, None, &provider).expect("verifier"),
+    )];
     assert!(matches!(
         attest::verify(&att, &wrong),
         Err(attest::Unproven::Certificate { .. })

@@ -59,11 +59,7 @@ fn fixture() -> &'static Fixture {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             liaison::tls::ca_verifier(&dir.path().join("ca.crt"), None, &provider).expect("ca");
-        let origins = vec![Origin {
-            country: tj,
-            broker: liaison::pki::broker_identity(tj),
-            verifier,
-        }];
+        let origins = vec![Origin::new(tj, liaison::pki::broker_identity(tj), verifier)];
         assert!(attest::verify(&honest, &origins).is_ok());
         Fixture {
             origins,

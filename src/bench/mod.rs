@@ -6,6 +6,7 @@
 //! deployment (`--broker URL` with a node certificate). Latencies go into an
 //! HDR histogram; every workload ends with a [`Report`].
 
+mod federation;
 mod soak;
 mod workloads;
 
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use federation::federation;
 pub use soak::{Soak, soak};
 pub use workloads::{drain, e2e, fanout, idle, publish, restart};
 

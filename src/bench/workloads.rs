@@ -211,7 +211,7 @@ pub async fn e2e(target: &Target, rate: u64, size: usize, secs: u64) -> BenchRes
 /// Takes `total` deliveries from a feed (or stops after `patience` without
 /// one), recording publish → delivery latency, acknowledging every
 /// `ack_every` deliveries.
-async fn receive(
+pub(super) async fn receive(
     mut stream: tonic::Streaming<pb::SubscribeResponse>,
     acks: mpsc::Sender<pb::SubscribeRequest>,
     total: u64,
@@ -253,7 +253,7 @@ async fn receive(
     Ok((got, hist))
 }
 
-fn open_request(feed: &str, window: u32, from_start: bool) -> pb::SubscribeRequest {
+pub(super) fn open_request(feed: &str, window: u32, from_start: bool) -> pb::SubscribeRequest {
     use pb::start_position::Position;
     pb::SubscribeRequest {
         request: Some(pb::subscribe_request::Request::Open(pb::OpenFeed {

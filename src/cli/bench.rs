@@ -30,6 +30,21 @@ pub enum BenchCommand {
         #[arg(long)]
         unary: bool,
     },
+    /// Two national brokers linked on loopback: a backlog of N alerts
+    /// crossing once the peer comes up, then post → foreign office latency
+    /// at a fixed rate (local only).
+    Federation {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Alerts per second of the latency phase.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of the latency phase.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// Publish → feed delivery latency at a fixed rate.
     E2e {
         #[command(flatten)]
@@ -153,6 +168,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     let common = match &cmd {
         BenchCommand::Publish { common, .. }
         | BenchCommand::E2e { common, .. }
+        | BenchCommand::Federation { common, .. }
         | BenchCommand::Fanout { common, .. }
         | BenchCommand::Drain { common, .. }
         | BenchCommand::Idle { common, .. }
@@ -193,6 +209,28 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let BenchCommand::Federation {
+        count, rate, secs, ..
+    } = &cmd
+    {
+        if common.broker.is_some() {
+            return Err(anyhow!(
+                "the federation bench starts its own two brokers; --broker is not for it"
+            ));
+        }
+        let bar = progress(common, "two brokers and a link");
+        let report = bench::federation(*count, *rate, *secs, common.size)
+            .await
+            .map_err(|e| anyhow!("the workload failed: {e}"));
+        bar.finish_and_clear();
+        let report = report?;
+        if common.json {
+            println!("{}", report.json());
+        } else {
+            println!("{}", report.text());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut target = target(common).await?;
     let bar = progress(common, &format!("running against {}", target.url));
     let size = common.size;
@@ -210,8 +248,11 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Drain { count, .. } => bench::drain(&mut target, *count, size).await,
         BenchCommand::Restart { count, .. } => bench::restart(&mut target, *count, size).await,
         BenchCommand::Idle { feeds, .. } => bench::idle(&target, *feeds).await,
-        // Run above, with a broker of its own.
+        // Run above, with brokers of their own.
         BenchCommand::Soak { .. } => Err("the soak starts its own broker".into()),
+        BenchCommand::Federation { .. } => {
+            Err("the federation bench starts its own brokers".into())
+        }
     };
     bar.finish_and_clear();
     target.finish().await;

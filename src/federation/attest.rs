@@ -146,6 +146,60 @@ pub struct Origin {
     pub broker: NodeId,
     /// Its state's CA.
     pub verifier: Arc<dyn ClientCertVerifier>,
+    /// Signer certificates whose chain verified lately, and when: a link
+    /// carries the same certificate on every alert, and checking its chain
+    /// costs a signature verification of its own.
+    pub chains: ChainCache,
+}
+
+impl Origin {
+    pub fn new(
+        country: CountryCode,
+        broker: NodeId,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Self {
+        Origin {
+            country,
+            broker,
+            verifier,
+            chains: ChainCache::default(),
+        }
+    }
+}
+
+/// How long a verified chain is taken as verified (expiry and the CA's
+/// revocation list are checked again after that).
+const CHAIN_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// Certificates remembered at most.
+const CHAIN_CACHE: usize = 8;
+
+/// Recently verified signer certificates (DER of the whole chain). A std
+/// mutex: held to look up or insert one entry.
+#[derive(Debug, Clone, Default)]
+pub struct ChainCache(Arc<std::sync::Mutex<Vec<Verified>>>);
+
+/// A chain (length-prefixed DER) and when it verified.
+type Verified = (Vec<u8>, std::time::Instant);
+
+impl ChainCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Verified>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fresh(&self, chain: &[u8]) -> bool {
+        self.lock()
+            .iter()
+            .any(|(c, at)| c.as_slice() == chain && at.elapsed() < CHAIN_FRESH)
+    }
+
+    fn remember(&self, chain: Vec<u8>) {
+        let mut cache = self.lock();
+        cache.retain(|(c, at)| *c != chain && at.elapsed() < CHAIN_FRESH);
+        if cache.len() >= CHAIN_CACHE {
+            cache.remove(0);
+        }
+        cache.push((chain, std::time::Instant::now()));
+    }
 }
 
 /// An attestation that verified: the alert exactly as its origin broker
@@ -198,13 +252,27 @@ pub fn verify(att: &pb::Attestation, origins: &[Origin]) -> Result<Attested, Unp
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
         .collect();
-    trusted
-        .verifier
-        .verify_client_cert(&leaf, &intermediates, UnixTime::now())
-        .map_err(|e| Unproven::Certificate {
-            country,
-            reason: e.to_string(),
-        })?;
+    // Length-prefixed, so that no other split of the same bytes matches.
+    let chain: Vec<u8> = att
+        .certificates
+        .iter()
+        .flat_map(|c| {
+            (c.len() as u64)
+                .to_be_bytes()
+                .into_iter()
+                .chain(c.iter().copied())
+        })
+        .collect();
+    if !trusted.chains.fresh(&chain) {
+        trusted
+            .verifier
+            .verify_client_cert(&leaf, &intermediates, UnixTime::now())
+            .map_err(|e| Unproven::Certificate {
+                country,
+                reason: e.to_string(),
+            })?;
+        trusted.chains.remember(chain);
+    }
     let algorithm = algorithm(&att.scheme).ok_or_else(|| Unproven::Scheme(att.scheme.clone()))?;
     let mut message = Vec::with_capacity(CONTEXT.len() + att.statement.len());
     message.extend_from_slice(CONTEXT);

@@ -29,8 +29,12 @@ pub(super) struct Exporter {
     peer: Arc<PeerLink>,
     /// The link's durable state, shared with the importer.
     state: Shared,
-    /// The next local sequence to read.
+    /// The next local sequence to read from the store.
     next: u64,
+    /// Records read and not yet decided, oldest first.
+    ahead: VecDeque<Arc<Record>>,
+    /// The newest sequence decided (offered, or not for the peer).
+    passed: u64,
     /// Offers sent and not yet answered, oldest first.
     pending: VecDeque<(u64, AlertId)>,
     /// Nothing past `next` to read (wait for the head to move).
@@ -43,9 +47,11 @@ pub(super) struct Exporter {
 
 impl Exporter {
     pub(super) fn new(fed: &Federation, peer: &Arc<PeerLink>, state: Shared) -> Exporter {
-        let next = lock(&state).exported_through + 1;
+        let through = lock(&state).exported_through;
         Exporter {
-            next,
+            next: through + 1,
+            ahead: VecDeque::new(),
+            passed: through,
             state,
             fed: fed.clone(),
             peer: peer.clone(),
@@ -66,32 +72,18 @@ impl Exporter {
 
     /// Offers released records while the window has room.
     pub(super) async fn fill(&mut self, out: &mpsc::Sender<pb::LinkFrame>) -> Result<(), Problem> {
-        let broker = &self.fed.inner.broker;
         let window = self.fed.inner.link.window.max(1);
         while self.pending.len() < window {
-            if let Some(first) = broker.first_seq().map_err(local_problem)?
-                && first.0 > self.next
-            {
-                let missed = first.0 - self.next;
-                warn!(peer = %self.peer.config.name, missed, "retention removed alerts before the link could export them");
-                metrics::counter!(crate::metrics::LINK_MISSED, "peer" => self.peer.config.name.clone()).increment(missed);
-                lock(&self.state).missed += missed;
-                self.next = first.0;
-            }
-            let records = broker
-                .records_from(Seq(self.next), SCAN)
-                .map_err(local_problem)?;
-            if records.is_empty() {
+            if self.ahead.is_empty() && !self.read_ahead()? {
                 self.caught_up = true;
                 self.publish_live();
                 return Ok(());
             }
             self.caught_up = false;
-            for record in records {
-                if self.pending.len() >= window {
-                    break;
-                }
-                self.next = record.seq.0 + 1;
+            while self.pending.len() < window
+                && let Some(record) = self.ahead.pop_front()
+            {
+                self.passed = record.seq.0;
                 if let Some(offer) = self.offer_for(&record)? {
                     if self.pending.is_empty() {
                         self.progress = Instant::now();
@@ -103,6 +95,32 @@ impl Exporter {
             self.publish_live();
         }
         Ok(())
+    }
+
+    /// Reads the next records past the cursor into `ahead` (read once,
+    /// offered as the window allows); false when there are none.
+    fn read_ahead(&mut self) -> Result<bool, Problem> {
+        let broker = &self.fed.inner.broker;
+        if let Some(first) = broker.first_seq().map_err(local_problem)?
+            && first.0 > self.next
+        {
+            let missed = first.0 - self.next;
+            warn!(peer = %self.peer.config.name, missed, "retention removed alerts before the link could export them");
+            metrics::counter!(crate::metrics::LINK_MISSED, "peer" => self.peer.config.name.clone())
+                .increment(missed);
+            lock(&self.state).missed += missed;
+            self.next = first.0;
+            self.passed = self.passed.max(first.0 - 1);
+        }
+        let records = broker
+            .records_from(Seq(self.next), SCAN)
+            .map_err(local_problem)?;
+        let Some(last) = records.last() else {
+            return Ok(false);
+        };
+        self.next = last.seq.0 + 1;
+        self.ahead.extend(records);
+        Ok(true)
     }
 
     /// The offer of `record`, if the policy releases it to the peer.
@@ -215,9 +233,7 @@ impl Exporter {
     }
 
     fn cursor(&self) -> u64 {
-        self.pending
-            .front()
-            .map_or(self.next.saturating_sub(1), |(s, _)| s - 1)
+        self.pending.front().map_or(self.passed, |(s, _)| s - 1)
     }
 
     fn publish_live(&self) {
@@ -259,8 +275,12 @@ impl Exporter {
         Ok(())
     }
 
-    pub(super) async fn flush_audit(&mut self) {
-        if self.stored.is_empty() {
+    /// Audits what the peer stored since the last time: when `force`d, or
+    /// once a batch has gathered or nothing is left in flight.
+    pub(super) async fn flush_audit(&mut self, force: bool) {
+        let due =
+            force || self.stored.len() >= super::import::AUDIT_BATCH || self.pending.is_empty();
+        if self.stored.is_empty() || !due {
             return;
         }
         let batch = std::mem::take(&mut self.stored);

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::session::{Shared, answer, local_problem, lock};
 use super::{Federation, PeerLink, attest};
@@ -18,6 +18,9 @@ use crate::broker::BrokerError;
 use crate::policy::Destination;
 use crate::proto as pb;
 use crate::store::StoredLink;
+
+/// Alerts gathered into one audit record at most.
+pub(super) const AUDIT_BATCH: usize = 256;
 
 /// The answer to one offer, or a failure that ends the session.
 type Answering = BoxFuture<'static, Result<pb::Answer, Problem>>;
@@ -172,14 +175,21 @@ impl Importer {
         f(&mut lock(&self.state));
     }
 
-    pub(super) async fn flush_audit(&mut self) {
-        let batch = std::mem::take(&mut *lock(&self.stored));
-        if batch.is_empty() {
-            return;
-        }
+    /// Audits (and counts) the alerts stored since the last time: when
+    /// `force`d, or once 256 have gathered or nothing is left in flight, so
+    /// that a busy link writes one record per batch, not per alert.
+    pub(super) async fn flush_audit(&mut self, force: bool) {
+        let batch = {
+            let mut stored = lock(&self.stored);
+            let due = force || stored.len() >= AUDIT_BATCH || self.pending.is_empty();
+            if stored.is_empty() || !due {
+                return;
+            }
+            std::mem::take(&mut *stored)
+        };
         let n = batch.len() as u64;
         self.count(|s| s.imported += n);
-        info!(peer = %self.peer.config.name, alerts = n, "imported");
+        debug!(peer = %self.peer.config.name, alerts = n, "imported");
         self.fed
             .inner
             .broker

@@ -175,21 +175,13 @@ impl Federation {
         for peer in &config.peers {
             let verifier = crate::tls::ca_verifier(&peer.ca, peer.crl.as_deref(), &provider)?;
             for country in &peer.countries {
-                origins.push(Origin {
-                    country: *country,
-                    broker: peer.broker.clone(),
-                    verifier: verifier.clone(),
-                });
+                origins.push(Origin::new(*country, peer.broker.clone(), verifier.clone()));
             }
         }
         for o in &config.origins {
             let verifier: Arc<dyn ClientCertVerifier> =
                 crate::tls::ca_verifier(&o.ca, None, &provider)?;
-            origins.push(Origin {
-                country: o.country,
-                broker: o.broker.clone(),
-                verifier,
-            });
+            origins.push(Origin::new(o.country, o.broker.clone(), verifier));
         }
         let peers = config
             .peers

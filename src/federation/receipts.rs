@@ -67,11 +67,13 @@ impl ReceiptSender {
     pub(super) async fn fill(&mut self, out: &mpsc::Sender<pb::LinkFrame>) -> Result<(), Problem> {
         let broker_urn = self.peer.config.broker.to_string();
         while self.pending.len() < WINDOW {
+            // No more than the window has room for: what is read is sent.
+            let room = (WINDOW - self.pending.len()).min(SCAN);
             let entries = self
                 .fed
                 .inner
                 .broker
-                .receipt_journal(self.next, SCAN)
+                .receipt_journal(self.next, room)
                 .map_err(local_problem)?;
             if entries.is_empty() {
                 self.caught_up = true;
@@ -80,9 +82,6 @@ impl ReceiptSender {
             }
             self.caught_up = false;
             for (n, peer, receipt) in entries {
-                if self.pending.len() >= WINDOW {
-                    break;
-                }
                 self.next = n + 1;
                 if peer == broker_urn {
                     self.pending.push_back(n);

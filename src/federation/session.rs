@@ -115,6 +115,8 @@ where
         receiver: ReceiptReceiver::new(fed, peer, state),
     };
     let result = session_loop(fed, peer, &mut inbound, &out, &mut halves, shutdown).await;
+    halves.importer.flush_audit(true).await;
+    halves.exporter.flush_audit(true).await;
     halves.exporter.save();
     let detail = match &result {
         Ok(()) => format!("link with {} closed", peer.config.name),
@@ -164,8 +166,13 @@ where
     let mut heartbeat = tokio::time::interval(config.keepalive_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        exporter.fill(out).await?;
-        sender.fill(out).await?;
+        // Each reads the store only when there may be news for it.
+        if !exporter.caught_up {
+            exporter.fill(out).await?;
+        }
+        if !sender.caught_up {
+            sender.fill(out).await?;
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             next = inbound.next() => {
@@ -178,7 +185,10 @@ where
                 peer.link.contact();
                 match f {
                     Frame::Offer(offer) => importer.offer(offer).await,
-                    Frame::Answer(answer) => exporter.answer(&answer).await?,
+                    Frame::Answer(answer) => {
+                        exporter.answer(&answer).await?;
+                        exporter.flush_audit(false).await;
+                    }
                     Frame::Receipt(r) => receiver.receive(r),
                     Frame::ReceiptsStored(s) => {
                         sender.stored(s.through);
@@ -190,19 +200,21 @@ where
             }
             Some(answer) = importer.pending.next(), if !importer.pending.is_empty() => {
                 send(out, Frame::Answer(answer?)).await?;
-                importer.flush_audit().await;
+                importer.flush_audit(false).await;
             }
             Some(stored) = receiver.pending.next(), if !receiver.pending.is_empty() => {
                 send(out, Frame::ReceiptsStored(pb::ReceiptsStored { through: stored? })).await?;
             }
-            _ = head.changed(), if exporter.caught_up => {}
-            _ = receipts.changed(), if sender.caught_up => {}
+            _ = head.changed(), if exporter.caught_up => exporter.caught_up = false,
+            _ = receipts.changed(), if sender.caught_up => sender.caught_up = false,
+            // A new policy may release what the old one did not; records
+            // already passed stay passed (the cursor does not go back).
             _ = policy.changed() => {}
             _ = heartbeat.tick() => {
                 send(out, Frame::Heartbeat(pb::Heartbeat {})).await?;
                 exporter.check_stall(config.ack_timeout)?;
-                exporter.flush_audit().await;
-                importer.flush_audit().await;
+                exporter.flush_audit(true).await;
+                importer.flush_audit(true).await;
             }
         }
     }
