@@ -497,7 +497,7 @@ fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
 fn every_bench_workload_runs_and_reports_json() {
     let dir = tempfile::tempdir().expect("tmp");
     let cli = Cli::new(dir.path());
-    let runs: [&[&str]; 8] = [
+    let runs: [&[&str]; 9] = [
         &["bench", "idle", "--feeds", "150", "--json"],
         &["bench", "publish", "--window", "4", "--secs", "1", "--json"],
         &[
@@ -507,6 +507,17 @@ fn every_bench_workload_runs_and_reports_json() {
         &["bench", "fanout", "--feeds", "3", "--count", "50", "--json"],
         &["bench", "drain", "--count", "300", "--json"],
         &["bench", "restart", "--count", "300", "--json"],
+        &[
+            "bench",
+            "federation",
+            "--count",
+            "300",
+            "--rate",
+            "100",
+            "--secs",
+            "1",
+            "--json",
+        ],
         &[
             "bench", "soak", "--nodes", "12", "--feeds", "3", "--rate", "5", "--secs", "2",
             "--sample", "1", "--json",

@@ -242,6 +242,9 @@ impl Exporter {
             l.exported_through = through;
             l.in_flight = in_flight;
         });
+        let head = self.fed.inner.broker.head().0;
+        metrics::gauge!(crate::metrics::LINK_BACKLOG, "peer" => self.peer.config.name.clone())
+            .set(head.saturating_sub(through) as f64);
     }
 
     /// Saves the cursor and counters (durable with the next checkpoint).

@@ -96,6 +96,8 @@ where
         None => return Err(Problem::Down("the peer closed the link".into())),
     }
     peer.link.contact();
+    let up = metrics::gauge!(crate::metrics::LINK_UP, "peer" => peer.config.name.clone());
+    up.set(1.0);
     let broker = &fed.inner.broker;
     broker
         .audit_event(AuditEvent::new(
@@ -115,6 +117,7 @@ where
         receiver: ReceiptReceiver::new(fed, peer, state),
     };
     let result = session_loop(fed, peer, &mut inbound, &out, &mut halves, shutdown).await;
+    up.set(0.0);
     halves.importer.flush_audit(true).await;
     halves.exporter.flush_audit(true).await;
     halves.exporter.save();
