@@ -693,3 +693,25 @@ async fn a_triangle_reshares_green_where_allowed_keeps_amber_at_the_first_border
     let mut centre = tj.client(TJ_POST_2).await;
     assert_eq!(broker_alerts(&mut centre).await.len(), 5);
 }
+
+#[tokio::test]
+async fn a_foreign_alert_keeps_its_proof_of_origin_in_a_posts_agent() {
+    let pair = pair().await;
+    let agent = TestAgent::start(&pair.af, &pair.af.url(), AF_OFFICE, |_| {}).await;
+    let mut post = pair.tj.client(TJ_POST).await;
+    publish(
+        &mut post,
+        marked(pb::Category::Drugs, "to the post", pb::Tlp::Green, &[]),
+    )
+    .await;
+    let mut local = agent.client().await;
+    let got = wait_for_broker_alerts(&mut local, 1).await;
+    assert_eq!(headlines(&got), ["to the post"]);
+    let p = got[0].provenance.as_ref().expect("provenance in the inbox");
+    assert_eq!(p.origin_broker, broker_of("TJ").to_string());
+    assert!(
+        p.attestation
+            .as_ref()
+            .is_some_and(|a| !a.signature.is_empty())
+    );
+}

@@ -149,6 +149,7 @@ async fn store(broker: &Broker, delivery: pb::Delivery) -> Stored {
         return Box::pin(std::future::ready((0, Ok(()))));
     };
     let seq = record.seq;
+    let provenance = record.provenance;
     let alert = match record.alert.map(Alert::from_stored) {
         Some(Ok(alert)) => alert,
         Some(Err(e)) => {
@@ -159,7 +160,7 @@ async fn store(broker: &Broker, delivery: pb::Delivery) -> Stored {
         }
         None => return Box::pin(std::future::ready((seq, Ok(())))),
     };
-    match broker.submit_from_upstream(alert).await {
+    match broker.submit_from_upstream(alert, provenance).await {
         Ok(pending) => Box::pin(async move {
             match pending.await {
                 Err(BrokerError::Store(StoreError::IdConflict)) => {

@@ -197,15 +197,28 @@ impl Broker {
     }
 
     /// Stores an alert received from the upstream broker (an agent's inbox):
-    /// it was validated there and keeps its origin; it is not forwarded.
+    /// it was validated there and keeps its origin, and, when it came from
+    /// another state, its provenance (so the post can check its origin
+    /// too); it is not forwarded.
     ///
     /// # Errors
     /// As [`Broker::submit`].
     pub async fn submit_from_upstream(
         &self,
         alert: Alert,
+        provenance: Option<pb::Provenance>,
     ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
-        self.submit_valid(alert, AppendKind::Inbox).await
+        let id = alert.id;
+        let pending = self.inner.store.submit_inbox(alert, provenance).await?;
+        Ok(async move {
+            let appended = pending.await?;
+            Ok(PublishAck {
+                id,
+                seq: appended.seq,
+                received_at: appended.received_at,
+                duplicate: appended.duplicate,
+            })
+        })
     }
 
     /// Queues an alert that is already validated; see [`Broker::submit`].

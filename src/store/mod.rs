@@ -289,6 +289,23 @@ impl Store {
             .await
     }
 
+    /// As [`Store::submit`] with [`AppendKind::Inbox`]: an alert an agent
+    /// received from upstream, with its provenance when it came from
+    /// another state (kept for reading, not for sending receipts back: an
+    /// agent has no federation links).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the writer has stopped.
+    pub async fn submit_inbox(
+        &self,
+        alert: Alert,
+        provenance: Option<pb::Provenance>,
+    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
+    {
+        self.submit_with(alert, AppendKind::Inbox, provenance.map(Arc::new))
+            .await
+    }
+
     async fn submit_with(
         &self,
         alert: Alert,

@@ -384,7 +384,14 @@ impl Writer {
                 limits,
             )?,
         }
-        if let Some(hop) = record.provenance.as_ref().and_then(|p| p.path.last()) {
+        // Receipts of an import go back over its link; an agent's inbox
+        // keeps provenance only to show it.
+        if let Some(hop) = record
+            .provenance
+            .as_ref()
+            .and_then(|p| p.path.last())
+            .filter(|_| kind != AppendKind::Inbox)
+        {
             group
                 .batch
                 .insert(keys::imported(&record.alert.id), hop.as_bytes());
