@@ -715,3 +715,101 @@ async fn a_foreign_alert_keeps_its_proof_of_origin_in_a_posts_agent() {
             .is_some_and(|a| !a.signature.is_empty())
     );
 }
+
+#[tokio::test]
+async fn a_revoked_peer_broker_certificate_is_refused_like_any_other() {
+    let (tj_pki, af_pki) = (Pki::national("TJ"), Pki::national("AF"));
+    // Afghanistan revokes its broker's certificate and hands Tajikistan
+    // the list.
+    liaison::pki::revoke(af_pki.path(), liaison::pki::BROKER_NAME).expect("revoke");
+    let af_crl = af_pki.path().join(liaison::pki::CA_CRL);
+    let policy = write_policy(&tj_pki);
+    let af_ca = af_pki.ca_path();
+    let tj = TestBroker::start_in(tj_pki, |c| {
+        c.policy_file = Some(policy);
+        c.federation.peers = vec![PeerConfig {
+            name: "af".into(),
+            broker: broker_of("AF"),
+            ca: af_ca,
+            crl: Some(af_crl),
+            countries: vec![broker_of("AF").country()],
+            url: None,
+        }];
+    })
+    .await;
+    let af_files = liaison::tls::TlsFiles {
+        ca: tj.pki.ca_path(),
+        ..af_pki.broker_files()
+    };
+    let refused = match liaison::client::endpoint(&tj.url(), Some(&af_files))
+        .expect("endpoint")
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(channel) => pb::federation_client::FederationClient::new(channel)
+            .link(tokio_stream::iter(Vec::<pb::LinkFrame>::new()))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a revoked peer broker certificate opens no link");
+}
+
+#[tokio::test]
+async fn a_dialer_refuses_a_peer_whose_broker_certificate_its_list_revokes() {
+    let (tj_pki, af_pki) = (Pki::national("TJ"), Pki::national("AF"));
+    liaison::pki::revoke(af_pki.path(), liaison::pki::BROKER_NAME).expect("revoke");
+    let af_crl = af_pki.path().join(liaison::pki::CA_CRL);
+    let (tj_ca, af_ca) = (tj_pki.ca_path(), af_pki.ca_path());
+    let af_policy = write_policy(&af_pki);
+    let af = TestBroker::start_in(af_pki, |c| {
+        c.policy_file = Some(af_policy);
+        c.federation.peers = vec![peer("tj", "TJ", &tj_ca, None)];
+    })
+    .await;
+    let tj_policy = tj_pki.path().join("policy.toml");
+    std::fs::write(
+        &tj_policy,
+        format!("{POLICY}\n[[node]]\nmatch = \"urn:liaison:TJ:border-guard:admin\"\nrole = \"administrator\"\n"),
+    )
+    .expect("policy");
+    let af_url = af.url();
+    let tj = TestBroker::start_in(tj_pki, |c| {
+        c.policy_file = Some(tj_policy);
+        c.federation.peers = vec![PeerConfig {
+            crl: Some(af_crl),
+            ..peer("af", "AF", &af_ca, Some(af_url))
+        }];
+        fast_link(c);
+    })
+    .await;
+    let channel = liaison::client::endpoint(
+        &tj.url(),
+        Some(&tj.pki.node("urn:liaison:TJ:border-guard:admin")),
+    )
+    .expect("endpoint")
+    .connect()
+    .await
+    .expect("connect");
+    let admin = pb::admin_client::AdminClient::new(channel);
+    let link = eventually("the link is refused for the revoked certificate", || {
+        let mut admin = admin.clone();
+        async move {
+            let links = admin
+                .links(pb::AdminLinksRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .links;
+            match links.first() {
+                Some(l) if l.state == pb::LinkState::Refused as i32 => Ok(l.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        link.last_error.to_lowercase().contains("revoked"),
+        "{link:?}"
+    );
+}

@@ -123,12 +123,19 @@ fn connector(fed: &Federation, peer: &PeerLink) -> Result<PeerConnector, Federat
             .add(ca)
             .map_err(|e| bad(format!("{}: {e}", peer.config.ca.display())))?;
     }
-    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+    let mut webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .build()
-    .map_err(|e| bad(e.to_string()))?;
+    );
+    if let Some(crl) = &peer.config.crl {
+        // The peer's revocation list applies to its broker's certificate
+        // whichever side dials.
+        webpki = webpki
+            .with_crls(tls::load_crls(crl)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let webpki = webpki.build().map_err(|e| bad(e.to_string()))?;
     let verifier = Arc::new(PeerServer {
         inner: webpki,
         broker: peer.config.broker.clone(),

@@ -142,7 +142,7 @@ pub fn crl_path(files: &TlsFiles) -> PathBuf {
 }
 
 /// Reads the CRLs of a PEM file.
-fn load_crls(
+pub(crate) fn load_crls(
     path: &Path,
 ) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(path)?;
