@@ -213,3 +213,79 @@ pub fn parse(
         Err(checker.errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_entries_parse_with_their_defaults() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("af-ca.crt"), "x").expect("ca");
+        let text = r#"
+listen = "127.0.0.1:7443"
+
+[[peer]]
+name = "af"
+broker = "urn:liaison:AF:liaison:broker"
+ca = "af-ca.crt"
+url = "https://af.example:7443"
+
+[[origin]]
+country = "UZ"
+broker = "urn:liaison:UZ:liaison:broker"
+ca = "af-ca.crt"
+"#;
+        let (peers, origins) = parse(text, dir.path()).expect("valid");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].countries, [CountryCode::parse("AF").expect("cc")]);
+        assert_eq!(peers[0].url.as_deref(), Some("https://af.example:7443"));
+        assert_eq!(origins[0].country.as_str(), "UZ");
+    }
+
+    #[test]
+    fn bad_entries_are_named_by_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("ca.crt"), "x").expect("ca");
+        let text = r#"[[peer]]
+name = "Afghanistan"
+broker = "urn:liaison:af:liaison:broker"
+ca = "missing.crt"
+url = "http://plain:7443"
+
+[[peer]]
+name = "tj"
+broker = "urn:liaison:TJ:liaison:broker"
+ca = "ca.crt"
+countries = ["tj"]
+
+[[origin]]
+country = "UZ"
+broker = "urn:liaison:KZ:liaison:broker"
+ca = "ca.crt"
+"#;
+        let errors = parse(text, dir.path()).expect_err("invalid");
+        let at = |line: usize, what: &str| {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.line == line && e.message.contains(what)),
+                "line {line} `{what}` in {errors:?}"
+            );
+        };
+        at(2, "name");
+        at(3, "broker");
+        at(4, "missing.crt");
+        at(5, "https://");
+        at(11, "countries");
+        at(15, "not a broker of UZ");
+        // An unknown key and a peer named twice.
+        let text = "[[peer]]\nname = \"a\"\nbroker = \"urn:liaison:AF:liaison:broker\"\nca = \"ca.crt\"\ncolour = \"red\"\n";
+        let errors = parse(text, dir.path()).expect_err("unknown key");
+        assert!(errors[0].message.contains("colour"), "{errors:?}");
+        let one =
+            "[[peer]]\nname = \"a\"\nbroker = \"urn:liaison:AF:liaison:broker\"\nca = \"ca.crt\"\n";
+        let errors = parse(&format!("{one}\n{one}"), dir.path()).expect_err("twice");
+        assert!(errors[0].message.contains("named twice"), "{errors:?}");
+    }
+}

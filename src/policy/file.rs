@@ -402,4 +402,16 @@ max_tlp = "purple"
         let errors = parse("[[node]]\nmatch = \"TJ\n").expect_err("syntax");
         assert_eq!(errors[0].line, 2, "{errors:?}");
     }
+
+    #[test]
+    fn agreements_say_whether_exercises_cross_and_alerts_may_be_passed_on() {
+        let text = "no_nodes = true\n[[agreement]]\nbetween = [\"AF\", \"UZ\"]\ncategories = [\"*\"]\nmax_tlp = \"green\"\nexercises = true\nreshare = true\n\n[[agreement]]\nbetween = [\"TJ\", \"AF\"]\ncategories = [\"drugs\"]\nmax_tlp = \"amber\"\n";
+        let p = parse(text).expect("valid");
+        let (a, b) = (&p.agreements()[0], &p.agreements()[1]);
+        assert!(a.exercises && a.reshare);
+        assert!(!b.exercises && !b.reshare, "both default to no");
+        assert!(a.to_string().contains("exercises") && a.to_string().contains("re-shared"));
+        let errors = parse(&text.replace("reshare = true", "reshare = \"yes\"")).expect_err("bool");
+        assert_eq!(errors[0].line, 7, "{errors:?}");
+    }
 }
