@@ -32,6 +32,9 @@ pub(super) struct Importer {
     pub(super) pending: FuturesOrdered<Answering>,
     stored: Arc<std::sync::Mutex<Vec<(Seq, AlertId)>>>,
     state: Shared,
+    /// Resolves (its sender dropped) once the newest offer has been handed
+    /// to the store: the next one waits for it.
+    turn: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Importer {
@@ -42,134 +45,150 @@ impl Importer {
             pending: FuturesOrdered::new(),
             stored: Arc::default(),
             state,
+            turn: tokio::sync::oneshot::channel().1,
         }
     }
 
-    /// Checks and stores one offer; its answer joins the queue.
+    /// Checks and stores one offer; its answer joins the queue. The check
+    /// (signature, certificate, validation, policy) runs as a task of its
+    /// own, so that the offers in flight are checked on every core; the
+    /// alerts are still handed to the store one after the other, in the
+    /// order offered (each waits for its predecessor's turn), so per-origin
+    /// order holds.
     pub(super) async fn offer(&mut self, offer: pb::Offer) {
         let seq = offer.seq;
-        let checked = self.check(offer);
-        let answering: Answering = match checked {
-            Err(reason) => {
-                self.refused(seq, &reason).await;
-                Box::pin(async move { Ok(answer(seq, pb::AnswerKind::Refused, reason)) })
-            }
-            Ok((alert, provenance)) => {
-                let id = alert.id;
-                match self.fed.inner.broker.submit_import(alert, provenance).await {
-                    Err(e) => Box::pin(async move { Err(local_problem(e)) }),
-                    Ok(pending) => {
-                        let stored = self.stored.clone();
-                        let peer = self.peer.config.name.clone();
-                        Box::pin(async move {
-                            match pending.await {
-                                Ok(ack) if ack.duplicate => {
-                                    Ok(answer(seq, pb::AnswerKind::Duplicate, String::new()))
-                                }
-                                Ok(ack) => {
-                                    lock(&stored).push((ack.seq, id));
-                                    metrics::counter!(crate::metrics::LINK_IMPORTED, "peer" => peer).increment(1);
-                                    Ok(answer(seq, pb::AnswerKind::Stored, String::new()))
-                                }
-                                Err(BrokerError::Store(crate::store::StoreError::IdConflict)) => {
-                                    Ok(answer(
-                                        seq,
-                                        pb::AnswerKind::Refused,
-                                        "alert.id: already used by another origin's alert".into(),
-                                    ))
-                                }
-                                Err(e) => Err(local_problem(e)),
-                            }
-                        })
-                    }
+        let (fed, peer) = (self.fed.clone(), self.peer.clone());
+        let checking = tokio::spawn(async move { check(&fed, &peer, offer) });
+        let (my_turn_done, next_turn) = tokio::sync::oneshot::channel::<()>();
+        let my_turn = std::mem::replace(&mut self.turn, next_turn);
+        let (fed, peer, stored, state) = (
+            self.fed.clone(),
+            self.peer.clone(),
+            self.stored.clone(),
+            self.state.clone(),
+        );
+        self.pending.push_back(Box::pin(async move {
+            let checked = checking
+                .await
+                .map_err(|e| Problem::Local(format!("checking an offer: {e}")))?;
+            // The predecessor has been handed to the store (or refused).
+            let _ = my_turn.await;
+            let (alert, provenance) = match checked {
+                Ok(ok) => ok,
+                Err(reason) => {
+                    drop(my_turn_done);
+                    refused(&fed, &peer, &state, seq, &reason).await;
+                    return Ok(answer(seq, pb::AnswerKind::Refused, reason));
                 }
+            };
+            let id = alert.id;
+            let submitted = fed.inner.broker.submit_import(alert, provenance).await;
+            drop(my_turn_done);
+            let pending = submitted.map_err(local_problem)?;
+            match pending.await {
+                Ok(ack) if ack.duplicate => Ok(answer(seq, pb::AnswerKind::Duplicate, String::new())),
+                Ok(ack) => {
+                    lock(&stored).push((ack.seq, id));
+                    metrics::counter!(crate::metrics::LINK_IMPORTED, "peer" => peer.config.name.clone())
+                        .increment(1);
+                    Ok(answer(seq, pb::AnswerKind::Stored, String::new()))
+                }
+                Err(BrokerError::Store(crate::store::StoreError::IdConflict)) => Ok(answer(
+                    seq,
+                    pb::AnswerKind::Refused,
+                    "alert.id: already used by another origin's alert".into(),
+                )),
+                Err(e) => Err(local_problem(e)),
             }
-        };
-        self.pending.push_back(answering);
+        }));
     }
+}
 
-    /// Verifies an offer; the alert and its provenance, or why not.
-    fn check(&self, offer: pb::Offer) -> Result<(alert::Alert, pb::Provenance), String> {
-        let inner = &self.fed.inner;
-        let attestation = offer.attestation.ok_or("offer.attestation: required")?;
-        let attested = attest::verify(&attestation, &inner.origins).map_err(|e| e.to_string())?;
-        let origin_country = attested.origin.country();
-        let speaks_for = self.peer.config.countries.contains(&origin_country);
-        if !speaks_for && offer.path.len() < 2 {
+/// Verifies an offer; the alert and its provenance, or why not.
+fn check(
+    fed: &Federation,
+    peer: &PeerLink,
+    offer: pb::Offer,
+) -> Result<(alert::Alert, pb::Provenance), String> {
+    let inner = &fed.inner;
+    let attestation = offer.attestation.ok_or("offer.attestation: required")?;
+    let attested = attest::verify(&attestation, &inner.origins).map_err(|e| e.to_string())?;
+    let origin_country = attested.origin.country();
+    let speaks_for = peer.config.countries.contains(&origin_country);
+    if !speaks_for && offer.path.len() < 2 {
+        return Err(format!(
+            "origin country {origin_country}: peer {} may not speak for it, and the alert was not relayed from its own broker",
+            peer.config.name
+        ));
+    }
+    let local = fed.broker_id().to_string();
+    match (offer.path.first(), offer.path.last()) {
+        (Some(first), Some(last))
+            if *first == attested.signer.to_string() && *last == peer.config.broker.to_string() => {
+        }
+        _ => {
             return Err(format!(
-                "origin country {origin_country}: peer {} may not speak for it, and the alert was not relayed from its own broker",
-                self.peer.config.name
+                "offer.path: must run from the origin broker {} to the peer {}",
+                attested.signer, peer.config.broker
             ));
         }
-        let local = self.fed.broker_id().to_string();
-        match (offer.path.first(), offer.path.last()) {
-            (Some(first), Some(last))
-                if *first == attested.signer.to_string()
-                    && *last == self.peer.config.broker.to_string() => {}
-            _ => {
-                return Err(format!(
-                    "offer.path: must run from the origin broker {} to the peer {}",
-                    attested.signer, self.peer.config.broker
-                ));
-            }
-        }
-        if offer.path.contains(&local) {
-            return Err("offer.path: this broker is on it already (a loop)".into());
-        }
-        let statement = attested.statement;
-        let body = statement
-            .alert
-            .ok_or("attestation: the statement holds no alert")?;
-        let alert = alert::validate(
-            body.clone(),
-            &attested.origin,
-            &inner.broker.config().limits,
-            SystemTime::now(),
-        )
-        .map_err(|e| e.to_string())?;
-        if alert.body != body {
-            return Err(
-                "attestation: the alert is not in the form its origin broker stores".into(),
-            );
-        }
-        let provenance = pb::Provenance {
-            origin_broker: attested.signer.to_string(),
-            origin_received_at: statement.received_at,
-            path: offer.path,
-            attestation: Some(attestation),
-        };
-        // This broker's policy, as the peer's side applies it: seen from
-        // the peer, could it release this alert to us?
-        let from = Destination {
-            local: self.peer.config.broker.country(),
-            country: self.fed.broker_id().country(),
-            broker: &local,
-        };
-        inner
-            .broker
-            .policy()
-            .may_export(&alert, Some(&provenance), from)
-            .map_err(|w| format!("policy: {w}"))?;
-        Ok((alert, provenance))
     }
-
-    async fn refused(&mut self, seq: u64, reason: &str) {
-        let name = self.peer.config.name.clone();
-        warn!(peer = %name, offer = seq, %reason, "refused an alert from a federation peer");
-        metrics::counter!(crate::metrics::LINK_REFUSED, "peer" => name.clone()).increment(1);
-        self.fed
-            .inner
-            .broker
-            .audit_event(AuditEvent::new(
-                AuditKind::ImportRefused,
-                self.peer.config.broker.to_string(),
-                None,
-                format!("from peer {name}, offer {seq}: {reason}"),
-            ))
-            .await;
-        self.count(|s| s.refused += 1);
+    if offer.path.contains(&local) {
+        return Err("offer.path: this broker is on it already (a loop)".into());
     }
+    let statement = attested.statement;
+    let body = statement
+        .alert
+        .ok_or("attestation: the statement holds no alert")?;
+    let alert = alert::validate(
+        body.clone(),
+        &attested.origin,
+        &inner.broker.config().limits,
+        SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())?;
+    if alert.body != body {
+        return Err("attestation: the alert is not in the form its origin broker stores".into());
+    }
+    let provenance = pb::Provenance {
+        origin_broker: attested.signer.to_string(),
+        origin_received_at: statement.received_at,
+        path: offer.path,
+        attestation: Some(attestation),
+    };
+    // This broker's policy, as the peer's side applies it: seen from
+    // the peer, could it release this alert to us?
+    let from = Destination {
+        local: peer.config.broker.country(),
+        country: fed.broker_id().country(),
+        broker: &local,
+    };
+    inner
+        .broker
+        .policy()
+        .may_export(&alert, Some(&provenance), from)
+        .map_err(|w| format!("policy: {w}"))?;
+    Ok((alert, provenance))
+}
 
+/// A refused offer: logged, counted and audited (the link goes on).
+async fn refused(fed: &Federation, peer: &PeerLink, state: &Shared, seq: u64, reason: &str) {
+    let name = peer.config.name.clone();
+    warn!(peer = %name, offer = seq, %reason, "refused an alert from a federation peer");
+    metrics::counter!(crate::metrics::LINK_REFUSED, "peer" => name.clone()).increment(1);
+    lock(state).refused += 1;
+    fed.inner
+        .broker
+        .audit_event(AuditEvent::new(
+            AuditKind::ImportRefused,
+            peer.config.broker.to_string(),
+            None,
+            format!("from peer {name}, offer {seq}: {reason}"),
+        ))
+        .await;
+}
+
+impl Importer {
     /// Counts in the link's state (saved with the exporter's next save).
     fn count(&self, f: impl FnOnce(&mut StoredLink)) {
         f(&mut lock(&self.state));
