@@ -26,6 +26,10 @@ pub struct Outlet {
     pub recent: Arc<Mutex<Recent>>,
     /// Bumped when receipts are committed; readers hold receivers.
     pub receipts: watch::Sender<u64>,
+    /// Whether alerts are accepted (health, admin): set stopped before the
+    /// callers of a failed sync are answered.
+    pub writes: Arc<watch::Sender<super::Writes>>,
+    pub space: Arc<super::space::Space>,
 }
 
 /// Takes every group waiting and syncs them together, until the writer
@@ -79,6 +83,7 @@ pub fn sync_and_answer(
             let alerts: usize = groups.iter().map(|g| g.replies.len()).sum();
             error!(error = %e, alerts, "write-ahead log sync failed; nothing of it acknowledged; the store refuses further writes until restarted");
             lock(failed).get_or_insert_with(|| e.clone());
+            super::report_writes(failed, &outlet.space, &outlet.writes);
             for group in groups {
                 group.fail(&e);
             }

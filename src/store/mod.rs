@@ -202,6 +202,8 @@ impl Store {
                 meta: meta_tx,
                 recent: recent.clone(),
                 receipts: receipts_tx,
+                writes: writes_tx.clone(),
+                space: space.clone(),
             }),
             in_flusher: Arc::default(),
             state,
