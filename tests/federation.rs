@@ -27,10 +27,6 @@ categories = ["drugs", "arms"]
 max_tlp = "amber"
 "#;
 
-fn broker_of(country: &str) -> NodeId {
-    liaison::pki::broker_identity(liaison::identity::CountryCode::parse(country).expect("cc"))
-}
-
 fn write_policy(pki: &Pki) -> PathBuf {
     let path = pki.path().join("policy.toml");
     std::fs::write(&path, POLICY).expect("policy");
@@ -44,10 +40,7 @@ struct Pair {
 }
 
 async fn pair() -> Pair {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    trace();
     let (tj_pki, af_pki) = (Pki::national("TJ"), Pki::national("AF"));
     let (tj_ca, af_ca) = (tj_pki.ca_path(), af_pki.ca_path());
     let af_policy = write_policy(&af_pki);
@@ -371,10 +364,7 @@ async fn receipts_of_the_foreign_office_reach_the_originating_post() {
 /// TJ's broker with AF as a peer that dials it; the test plays AF's broker
 /// by hand, so that it can send what no honest broker sends.
 async fn tj_waiting_for_af() -> (TestBroker, Pki) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    trace();
     let (tj_pki, af_pki) = (Pki::national("TJ"), Pki::national("AF"));
     let af_ca = af_pki.ca_path();
     let policy = write_policy(&tj_pki);
@@ -574,10 +564,7 @@ async fn state(
     peers: Vec<PeerConfig>,
     origins: Vec<liaison::federation::OriginConfig>,
 ) -> TestBroker {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    trace();
     let policy = pki.path().join("policy.toml");
     std::fs::write(&policy, TRIANGLE).expect("policy");
     TestBroker::start_in(pki, |c| {

@@ -29,10 +29,6 @@ categories = ["drugs"]
 max_tlp = "amber"
 "#;
 
-fn broker_of(country: &str) -> liaison::identity::NodeId {
-    liaison::pki::broker_identity(liaison::identity::CountryCode::parse(country).expect("cc"))
-}
-
 /// A `serve` configuration file: the policy and one peer.
 fn config_file(dir: &Path, peer: &str, country: &str, ca: &Path, url: Option<&str>) -> PathBuf {
     let policy = dir.join("policy.toml");

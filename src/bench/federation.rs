@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::workloads::{open_request, receive};
-use super::{BenchResult, Report, alert, histogram, micros};
+use super::workloads::{open_request, publish_at_rate, receive};
+use super::{BenchResult, Report, alert};
 use liaison::client;
 use liaison::federation::PeerConfig;
 use liaison::identity::{CountryCode, NodeId};
@@ -208,19 +208,7 @@ async fn run(root: &Path, count: u64, rate: u64, secs: u64, size: usize) -> Benc
         1,
         Duration::from_secs(30),
     ));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut acks = histogram();
-    for _ in 0..total {
-        tick.tick().await;
-        let sent = Instant::now();
-        publisher
-            .publish(pb::PublishRequest {
-                alert: Some(alert(size)),
-            })
-            .await?;
-        acks.record(micros(sent.elapsed()))?;
-    }
+    let acks = publish_at_rate(&mut publisher, rate, total, size).await?;
     let (got, hist) = receiver.await??;
     report.latency = hist;
     report.extra.insert("latency_deliveries".into(), json!(got));

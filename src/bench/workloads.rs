@@ -13,6 +13,8 @@ use super::{BenchResult, Report, Target, alert, histogram, micros};
 use liaison::agent::{self, AgentConfig};
 use liaison::alert::system_time;
 use liaison::proto as pb;
+use liaison::proto::broker_client::BrokerClient;
+use tonic::transport::Channel;
 
 /// Time spent before measuring, so connections and caches are warm.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -179,20 +181,8 @@ pub async fn e2e(target: &Target, rate: u64, size: usize, secs: u64) -> BenchRes
         Duration::from_secs(30),
     ));
     let mut publisher = target.client("bench-publisher").await?;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut acks = histogram();
     let started = Instant::now();
-    for _ in 0..total {
-        tick.tick().await;
-        let sent = Instant::now();
-        publisher
-            .publish(pb::PublishRequest {
-                alert: Some(alert(size)),
-            })
-            .await?;
-        acks.record(micros(sent.elapsed()))?;
-    }
+    let acks = publish_at_rate(&mut publisher, rate, total, size).await?;
     let (got, hist) = receiver.await??;
     report.count = got;
     report.elapsed = started.elapsed();
@@ -206,6 +196,33 @@ pub async fn e2e(target: &Target, rate: u64, size: usize, secs: u64) -> BenchRes
         json!(acks.value_at_quantile(0.99)),
     );
     Ok(report)
+}
+
+/// Publishes `total` alerts at `rate` a second, one after the other; the
+/// latency of each acknowledgement.
+///
+/// # Errors
+/// When a publish fails.
+pub(super) async fn publish_at_rate(
+    publisher: &mut BrokerClient<Channel>,
+    rate: u64,
+    total: u64,
+    size: usize,
+) -> BenchResult<hdrhistogram::Histogram<u64>> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut acks = histogram();
+    for _ in 0..total {
+        tick.tick().await;
+        let sent = Instant::now();
+        publisher
+            .publish(pb::PublishRequest {
+                alert: Some(alert(size)),
+            })
+            .await?;
+        acks.record(micros(sent.elapsed()))?;
+    }
+    Ok(acks)
 }
 
 /// Takes `total` deliveries from a feed (or stops after `patience` without

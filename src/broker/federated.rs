@@ -11,6 +11,7 @@ use super::{Broker, BrokerError, PublishAck};
 use crate::alert::{Alert, AlertId, Record, Seq};
 use crate::audit::AuditEvent;
 use crate::proto as pb;
+use crate::store::AppendKind;
 use crate::store::StoredLink;
 
 impl Broker {
@@ -76,17 +77,8 @@ impl Broker {
         if self.inner.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
-        let id = alert.id;
-        let pending = self.store().submit_imported(alert, provenance).await?;
-        Ok(async move {
-            let appended = pending.await?;
-            Ok(PublishAck {
-                id,
-                seq: appended.seq,
-                received_at: appended.received_at,
-                duplicate: appended.duplicate,
-            })
-        })
+        self.submit_valid(alert, AppendKind::Log, Some(provenance))
+            .await
     }
 
     /// Receipt journal entries from number `from` on: receipts of imported

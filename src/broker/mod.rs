@@ -192,7 +192,10 @@ impl Broker {
             Some(limits) => AppendKind::Outbox(limits),
             None => AppendKind::Log,
         };
-        let pending = self.submit_valid(alert, kind).await.map_err(count_error)?;
+        let pending = self
+            .submit_valid(alert, kind, None)
+            .await
+            .map_err(count_error)?;
         Ok(async move { count_publish(pending.await) })
     }
 
@@ -208,27 +211,24 @@ impl Broker {
         alert: Alert,
         provenance: Option<pb::Provenance>,
     ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
-        let id = alert.id;
-        let pending = self.inner.store.submit_inbox(alert, provenance).await?;
-        Ok(async move {
-            let appended = pending.await?;
-            Ok(PublishAck {
-                id,
-                seq: appended.seq,
-                received_at: appended.received_at,
-                duplicate: appended.duplicate,
-            })
-        })
+        self.submit_valid(alert, AppendKind::Inbox, provenance)
+            .await
     }
 
-    /// Queues an alert that is already validated; see [`Broker::submit`].
+    /// Queues an alert that is already validated (with its provenance when
+    /// another state's broker sent it); see [`Broker::submit`].
     async fn submit_valid(
         &self,
         alert: Alert,
         kind: AppendKind,
+        provenance: Option<pb::Provenance>,
     ) -> Result<impl Future<Output = Result<PublishAck, BrokerError>> + use<>, BrokerError> {
         let id = alert.id;
-        let pending = self.inner.store.submit(alert, kind).await?;
+        let pending = self
+            .inner
+            .store
+            .submit_with(alert, kind, provenance)
+            .await?;
         Ok(async move {
             let appended = pending.await?;
             if appended.duplicate {

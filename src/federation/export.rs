@@ -237,11 +237,8 @@ impl Exporter {
     }
 
     fn publish_live(&self) {
-        let (through, in_flight) = (self.cursor(), self.pending.len());
-        self.peer.set_live(|l| {
-            l.exported_through = through;
-            l.in_flight = in_flight;
-        });
+        let through = self.cursor();
+        self.peer.set_live(|l| l.exported_through = through);
         let head = self.fed.inner.broker.head().0;
         metrics::gauge!(crate::metrics::LINK_BACKLOG, "peer" => self.peer.config.name.clone())
             .set(head.saturating_sub(through) as f64);

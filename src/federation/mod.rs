@@ -117,8 +117,6 @@ pub struct PeerLink {
 /// What a link's session measures as it goes.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
-    /// Offers sent and not yet answered.
-    pub in_flight: usize,
     /// The newest local sequence the export cursor has passed.
     pub exported_through: u64,
 }

@@ -276,45 +276,22 @@ impl Store {
         self.submit_with(alert, kind, None).await
     }
 
-    /// As [`Store::submit`], for an alert imported from a peer broker: the
-    /// record keeps where it came from.
+    /// As [`Store::submit`], with where the alert came from when it was
+    /// imported from another state's broker (kept in its record). An import
+    /// (`AppendKind::Log`) also names the peer its receipts go back to; an
+    /// agent's inbox (`AppendKind::Inbox`) keeps the provenance only to
+    /// show it.
     ///
     /// # Errors
     /// [`StoreError::Closed`] when the writer has stopped.
-    pub async fn submit_imported(
-        &self,
-        alert: Alert,
-        provenance: pb::Provenance,
-    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
-    {
-        self.submit_with(alert, AppendKind::Log, Some(Arc::new(provenance)))
-            .await
-    }
-
-    /// As [`Store::submit`] with [`AppendKind::Inbox`]: an alert an agent
-    /// received from upstream, with its provenance when it came from
-    /// another state (kept for reading, not for sending receipts back: an
-    /// agent has no federation links).
-    ///
-    /// # Errors
-    /// [`StoreError::Closed`] when the writer has stopped.
-    pub async fn submit_inbox(
-        &self,
-        alert: Alert,
-        provenance: Option<pb::Provenance>,
-    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
-    {
-        self.submit_with(alert, AppendKind::Inbox, provenance.map(Arc::new))
-            .await
-    }
-
-    async fn submit_with(
+    pub async fn submit_with(
         &self,
         alert: Alert,
         kind: AppendKind,
-        provenance: Option<Arc<pb::Provenance>>,
+        provenance: Option<pb::Provenance>,
     ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + use<>, StoreError>
     {
+        let provenance = provenance.map(Arc::new);
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer

@@ -304,6 +304,19 @@ pub const AF_OFFICE: &str = "urn:liaison:AF:border-police:sher-khan";
 pub const UZ_OFFICE: &str = "urn:liaison:UZ:border-troops:termez";
 pub const KG_CENTRE: &str = "urn:liaison:KG:border-service:bishkek";
 
+/// The identity of a state's national broker (`urn:liaison:<CC>:liaison:broker`).
+pub fn broker_of(country: &str) -> NodeId {
+    pki::broker_identity(liaison::identity::CountryCode::parse(country).expect("country"))
+}
+
+/// Logs of the code under test, with `RUST_LOG`, through the test harness.
+pub fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// A valid ACTUAL, TLP:GREEN alert with a fresh id.
 pub fn alert(category: pb::Category, headline: &str) -> pb::Alert {
     pb::Alert {
