@@ -1,6 +1,7 @@
 //! Proof of origin (federation): an arbitrary attestation is verified
-//! against a national CA without panicking, and an honest attestation with
-//! any byte of its statement or signature changed never verifies.
+//! against a national CA without panicking, and an honest attestation (the
+//! middle one of a signed batch of three) with any byte of its statement,
+//! signature, batch root or inclusion proof changed never verifies.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -49,13 +50,16 @@ fn fixture() -> &'static Fixture {
             std::time::SystemTime::now(),
         )
         .expect("valid");
-        let record = liaison::alert::Record {
-            seq: liaison::alert::Seq(1),
-            received_at: std::time::SystemTime::now(),
-            alert,
-            provenance: None,
-        };
-        let honest = signer.attest(&record).expect("attest");
+        let records: Vec<liaison::alert::Record> = (1..=3)
+            .map(|seq| liaison::alert::Record {
+                seq: liaison::alert::Seq(seq),
+                received_at: std::time::SystemTime::now(),
+                alert: alert.clone(),
+                provenance: None,
+            })
+            .collect();
+        let refs: Vec<&liaison::alert::Record> = records.iter().collect();
+        let honest = signer.attest_batch(&refs).expect("attest").remove(1);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             liaison::tls::ca_verifier(&dir.path().join("ca.crt"), None, &provider).expect("ca");
@@ -74,19 +78,22 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(att) = pb::Attestation::decode(data) {
         let _ = attest::verify(&att, &f.origins);
     }
-    // The data as an XOR mask over the honest statement, then signature.
+    // The data as an XOR mask over the honest statement, signature, batch
+    // root and inclusion proof, in that order.
     let mut changed = f.honest.clone();
     let mut any = false;
-    for (i, b) in data.iter().enumerate() {
-        let (s, g) = (changed.statement.len(), changed.signature.len());
-        if i < s {
-            changed.statement[i] ^= b;
-        } else if i < s + g {
-            changed.signature[i - s] ^= b;
-        } else {
-            break;
+    let mut mask = data.iter();
+    let batch = changed.batch.as_mut().expect("a batch");
+    for field in [
+        &mut changed.statement,
+        &mut changed.signature,
+        &mut batch.root,
+        &mut batch.proof,
+    ] {
+        for (byte, m) in field.iter_mut().zip(&mut mask) {
+            *byte ^= m;
+            any |= *m != 0;
         }
-        any |= *b != 0;
     }
     if any {
         assert!(

@@ -3,13 +3,23 @@
 //! [`pb::AttestedAlert`]; every receiving broker checks the signature and
 //! the certificate against the origin state's CA before storing, and keeps
 //! the attestation, so any later reader can check it again.
+//!
+//! What a link exports is signed in batches: one signature over the root of
+//! a Merkle tree (RFC 9162 §2.1, SHA-256) of the batch's statements, and
+//! each alert's attestation carries that root, the signature and the
+//! inclusion proof of its own statement ([`pb::SignedBatch`]). Each
+//! attestation still proves its one alert on its own; a receiver checks a
+//! batch's signature once and each statement's proof (a few hashes).
 
 use std::sync::Arc;
 
+use ct_merkle::mem_backed_tree::MemoryBackedTree;
+use ct_merkle::{InclusionProof, RootHash};
 use prost::Message;
 use rustls::SignatureScheme;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
+use sha2::Sha256;
 
 use crate::alert::{Record, timestamp};
 use crate::identity::{CountryCode, NodeId};
@@ -19,6 +29,13 @@ use crate::tls::{self, TlsError, TlsFiles};
 /// What the signature covers besides the statement: a context, so that
 /// the key's signature can never be taken for one made for anything else.
 pub const CONTEXT: &[u8] = b"liaison attestation v1\0";
+/// What a batch signature covers besides the batch's size and root.
+pub const BATCH_CONTEXT: &[u8] = b"liaison attestation batch v1\0";
+/// Statements one signature covers at most (a verifier refuses larger
+/// batches).
+pub const MAX_BATCH: usize = 4096;
+/// A SHA-256 hash's length.
+const HASH: usize = 32;
 
 /// The schemes a broker signs with, in order of preference.
 const SCHEMES: &[SignatureScheme] = &[
@@ -57,6 +74,12 @@ pub enum Unproven {
     Scheme(String),
     #[error("attestation: the signature does not match the statement (a changed byte?)")]
     BadSignature,
+    #[error("attestation.batch: {0}")]
+    Batch(&'static str),
+    #[error(
+        "attestation.batch: the statement is not the one the batch signed at its index (a changed byte?)"
+    )]
+    NotInBatch,
     #[error("attestation: the alert names no valid origin: {0}")]
     Origin(String),
 }
@@ -108,34 +131,117 @@ impl Signer {
         &self.broker
     }
 
-    /// Signs `record` as this broker accepted it. Only a broker's own
-    /// alerts are signed here; imported ones keep their origin's
-    /// attestation.
+    /// Signs `record` as this broker accepted it (a batch of one).
     ///
     /// # Errors
-    /// When the key cannot sign (it is of no scheme we sign with).
+    /// As [`Signer::attest_batch`].
     pub fn attest(&self, record: &Record) -> Result<pb::Attestation, String> {
-        let statement = pb::AttestedAlert {
-            alert: Some(record.alert.body.clone()),
-            received_at: Some(timestamp(record.received_at)),
-            broker: self.broker.to_string(),
+        let mut one = self.attest_batch(&[record])?;
+        one.pop().ok_or_else(|| "no attestation made".into())
+    }
+
+    /// Signs `records` as this broker accepted them, with one signature
+    /// over the batch; one attestation per record, in order. Only a
+    /// broker's own alerts are signed here; imported ones keep their
+    /// origin's attestation.
+    ///
+    /// # Errors
+    /// When the key cannot sign (it is of no scheme we sign with), or the
+    /// batch is larger than [`MAX_BATCH`].
+    pub fn attest_batch(&self, records: &[&Record]) -> Result<Vec<pb::Attestation>, String> {
+        if records.is_empty() {
+            return Ok(Vec::new());
         }
-        .encode_to_vec();
+        if records.len() > MAX_BATCH {
+            return Err(format!(
+                "a batch of at most {MAX_BATCH} statements is signed"
+            ));
+        }
+        let statements: Vec<Vec<u8>> = records.iter().map(|r| self.statement(r)).collect();
+        let (root, proofs) = {
+            let mut tree = MemoryBackedTree::<Sha256, &[u8]>::new();
+            for s in &statements {
+                tree.push(s.as_slice());
+            }
+            let proofs: Vec<Vec<u8>> = (0..statements.len())
+                .map(|i| tree.prove_inclusion(i).as_bytes().to_vec())
+                .collect();
+            (tree.root().as_bytes().to_vec(), proofs)
+        };
+        let size = statements.len() as u64;
         let signer = self
             .key
             .choose_scheme(SCHEMES)
             .ok_or("the broker's key signs with none of Ed25519, ECDSA P-256/P-384, RSA-PSS")?;
-        let mut message = Vec::with_capacity(CONTEXT.len() + statement.len());
-        message.extend_from_slice(CONTEXT);
-        message.extend_from_slice(&statement);
-        let signature = signer.sign(&message).map_err(|e| e.to_string())?;
-        Ok(pb::Attestation {
-            statement,
-            signature,
-            scheme: scheme_name(signer.scheme()).to_owned(),
-            certificates: self.certs.iter().map(|c| c.to_vec()).collect(),
-        })
+        let signature = signer
+            .sign(&batch_message(size, &root))
+            .map_err(|e| e.to_string())?;
+        let scheme = scheme_name(signer.scheme());
+        let certificates: Vec<Vec<u8>> = self.certs.iter().map(|c| c.to_vec()).collect();
+        Ok(statements
+            .into_iter()
+            .zip(proofs)
+            .enumerate()
+            .map(|(index, (statement, proof))| pb::Attestation {
+                statement,
+                signature: signature.clone(),
+                scheme: scheme.to_owned(),
+                certificates: certificates.clone(),
+                batch: Some(pb::SignedBatch {
+                    root: root.clone(),
+                    size,
+                    index: index as u64,
+                    proof,
+                }),
+            })
+            .collect())
     }
+
+    /// The statement this broker signs for `record`.
+    fn statement(&self, record: &Record) -> Vec<u8> {
+        pb::AttestedAlert {
+            alert: Some(record.alert.body.clone()),
+            received_at: Some(timestamp(record.received_at)),
+            broker: self.broker.to_string(),
+        }
+        .encode_to_vec()
+    }
+}
+
+/// What a batch's signature covers.
+fn batch_message(size: u64, root: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(BATCH_CONTEXT.len() + 8 + root.len());
+    message.extend_from_slice(BATCH_CONTEXT);
+    message.extend_from_slice(&size.to_be_bytes());
+    message.extend_from_slice(root);
+    message
+}
+
+/// Checks that `statement` is leaf `batch.index` of the tree whose root
+/// `batch` names; the message the signature must cover.
+fn in_batch(statement: &[u8], batch: &pb::SignedBatch) -> Result<Vec<u8>, Unproven> {
+    if batch.size == 0 || batch.size > MAX_BATCH as u64 {
+        return Err(Unproven::Batch("size: must be 1 to 4096"));
+    }
+    if batch.index >= batch.size {
+        return Err(Unproven::Batch("index: must be below size"));
+    }
+    if batch.root.len() != HASH {
+        return Err(Unproven::Batch("root: must be 32 bytes"));
+    }
+    // At most one hash per level of a tree of MAX_BATCH leaves.
+    if !batch.proof.len().is_multiple_of(HASH) || batch.proof.len() > HASH * 12 {
+        return Err(Unproven::Batch(
+            "proof: must be 32-byte hashes, one per level",
+        ));
+    }
+    let digest = ct_merkle::digest::Output::<Sha256>::clone_from_slice(&batch.root);
+    let root = RootHash::<Sha256>::new(digest, batch.size);
+    let proof = InclusionProof::<Sha256>::try_from_bytes(batch.proof.clone())
+        .map_err(|_| Unproven::Batch("proof: must be 32-byte hashes, one per level"))?;
+    root.verify_inclusion(&statement, batch.index, &proof)
+        .map_err(|_| Unproven::NotInBatch)?;
+    Ok(batch_message(batch.size, &batch.root))
 }
 
 /// Whose signatures prove the origin of one country's alerts.
@@ -149,7 +255,10 @@ pub struct Origin {
     /// Signer certificates whose chain verified lately, and when: a link
     /// carries the same certificate on every alert, and checking its chain
     /// costs a signature verification of its own.
-    pub chains: ChainCache,
+    pub chains: Recent,
+    /// Batch signatures that verified lately (chain, scheme, signature and
+    /// the signed message): every alert of a batch carries the same one.
+    pub batches: Recent,
 }
 
 impl Origin {
@@ -162,26 +271,28 @@ impl Origin {
             country,
             broker,
             verifier,
-            chains: ChainCache::default(),
+            chains: Recent::default(),
+            batches: Recent::default(),
         }
     }
 }
 
-/// How long a verified chain is taken as verified (expiry and the CA's
-/// revocation list are checked again after that).
-const CHAIN_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
-/// Certificates remembered at most.
-const CHAIN_CACHE: usize = 8;
+/// How long a verified chain or batch signature is taken as verified
+/// (expiry and the CA's revocation list are checked again after that).
+const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// Entries remembered at most.
+const REMEMBERED: usize = 8;
 
-/// Recently verified signer certificates (DER of the whole chain). A std
-/// mutex: held to look up or insert one entry.
+/// Recently verified byte strings (a whole certificate chain, or a batch
+/// signature with what it signed). A std mutex: held to look up or insert
+/// one entry.
 #[derive(Debug, Clone, Default)]
-pub struct ChainCache(Arc<std::sync::Mutex<Vec<Verified>>>);
+pub struct Recent(Arc<std::sync::Mutex<Vec<Verified>>>);
 
-/// A chain (length-prefixed DER) and when it verified.
+/// What verified, and when.
 type Verified = (Vec<u8>, std::time::Instant);
 
-impl ChainCache {
+impl Recent {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Verified>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -189,13 +300,13 @@ impl ChainCache {
     fn fresh(&self, chain: &[u8]) -> bool {
         self.lock()
             .iter()
-            .any(|(c, at)| c.as_slice() == chain && at.elapsed() < CHAIN_FRESH)
+            .any(|(c, at)| c.as_slice() == chain && at.elapsed() < FRESH)
     }
 
     fn remember(&self, chain: Vec<u8>) {
         let mut cache = self.lock();
-        cache.retain(|(c, at)| *c != chain && at.elapsed() < CHAIN_FRESH);
-        if cache.len() >= CHAIN_CACHE {
+        cache.retain(|(c, at)| *c != chain && at.elapsed() < FRESH);
+        if cache.len() >= REMEMBERED {
             cache.remove(0);
         }
         cache.push((chain, std::time::Instant::now()));
@@ -271,18 +382,45 @@ pub fn verify(att: &pb::Attestation, origins: &[Origin]) -> Result<Attested, Unp
                 country,
                 reason: e.to_string(),
             })?;
-        trusted.chains.remember(chain);
+        trusted.chains.remember(chain.clone());
     }
     let algorithm = algorithm(&att.scheme).ok_or_else(|| Unproven::Scheme(att.scheme.clone()))?;
-    let mut message = Vec::with_capacity(CONTEXT.len() + att.statement.len());
-    message.extend_from_slice(CONTEXT);
-    message.extend_from_slice(&att.statement);
+    let signed = match &att.batch {
+        Some(batch) => {
+            let message = in_batch(&att.statement, batch)?;
+            // The batch's signature, remembered with everything it binds.
+            let mut key = chain;
+            key.extend_from_slice(att.scheme.as_bytes());
+            key.push(0);
+            key.extend_from_slice(&(att.signature.len() as u64).to_be_bytes());
+            key.extend_from_slice(&att.signature);
+            key.extend_from_slice(&message);
+            Some((message, key))
+        }
+        None => None,
+    };
+    if let Some((_, key)) = &signed
+        && trusted.batches.fresh(key)
+    {
+        return Ok(Attested {
+            statement,
+            origin,
+            signer,
+        });
+    }
+    let message = match &signed {
+        Some((message, _)) => message.clone(),
+        None => [CONTEXT, att.statement.as_slice()].concat(),
+    };
     let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| Unproven::Certificate {
         country,
         reason: e.to_string(),
     })?;
     cert.verify_signature(algorithm, &message, &att.signature)
         .map_err(|_| Unproven::BadSignature)?;
+    if let Some((_, key)) = signed {
+        trusted.batches.remember(key);
+    }
     Ok(Attested {
         statement,
         origin,

@@ -22,6 +22,10 @@ use pb::link_frame::Frame;
 const SCAN: usize = 256;
 /// Answers between two saves of the export cursor.
 const SAVE_EVERY: u64 = 256;
+/// This broker's own alerts signed under one signature at most
+/// ([`super::attest::Signer::attest_batch`]): a batch's proofs grow by a
+/// hash per doubling, its signature is shared.
+const SIGN_BATCH: usize = 64;
 
 /// The export half: cursor, offers in flight, counters.
 pub(super) struct Exporter {
@@ -71,30 +75,84 @@ impl Exporter {
     }
 
     /// Offers released records while the window has room.
+    /// While offers are in flight, it waits until a batch's worth of the
+    /// window is free, so that a busy link signs in batches rather than
+    /// one alert per answer.
     pub(super) async fn fill(&mut self, out: &mpsc::Sender<pb::LinkFrame>) -> Result<(), Problem> {
         let window = self.fed.inner.link.window.max(1);
+        let batch = SIGN_BATCH.min(window);
         while self.pending.len() < window {
+            if !self.pending.is_empty() && window - self.pending.len() < batch {
+                return Ok(());
+            }
             if self.ahead.is_empty() && !self.read_ahead()? {
                 self.caught_up = true;
                 self.publish_live();
                 return Ok(());
             }
             self.caught_up = false;
-            while self.pending.len() < window
-                && let Some(record) = self.ahead.pop_front()
-            {
-                self.passed = record.seq.0;
-                if let Some(offer) = self.offer_for(&record)? {
-                    if self.pending.is_empty() {
-                        self.progress = Instant::now();
-                    }
-                    self.pending.push_back((record.seq.0, record.alert.id));
-                    send(out, Frame::Offer(offer)).await?;
-                }
+            let room = (window - self.pending.len()).min(SIGN_BATCH);
+            let offers = self.next_offers(room)?;
+            if self.pending.is_empty() && !offers.is_empty() {
+                self.progress = Instant::now();
+            }
+            // In flight before they are sent: the cursor stays before them
+            // if the link fails while sending.
+            self.pending
+                .extend(offers.iter().map(|(offer, id)| (offer.seq, *id)));
+            for (offer, _) in offers {
+                send(out, Frame::Offer(offer)).await?;
             }
             self.publish_live();
         }
         Ok(())
+    }
+
+    /// Decides records from `ahead` until `room` are released to the peer;
+    /// their offers, this broker's own alerts signed as one batch. The
+    /// records passed over are not for the peer.
+    fn next_offers(&mut self, room: usize) -> Result<Vec<(pb::Offer, AlertId)>, Problem> {
+        let mut released = Vec::new();
+        let mut passed = self.passed;
+        while released.len() < room
+            && let Some(record) = self.ahead.pop_front()
+        {
+            passed = record.seq.0;
+            if self.releases(&record) {
+                released.push(record);
+            }
+        }
+        let own: Vec<&Record> = released
+            .iter()
+            .filter(|r| r.provenance.is_none())
+            .map(|r| r.as_ref())
+            .collect();
+        let mut signed = self
+            .fed
+            .inner
+            .signer
+            .attest_batch(&own)
+            .map_err(Problem::Local)?
+            .into_iter();
+        let local = self.fed.broker_id().to_string();
+        let offers = released
+            .iter()
+            .map(|record| {
+                let (attestation, mut path) = match &record.provenance {
+                    Some(p) => (p.attestation.clone(), p.path.clone()),
+                    None => (signed.next(), Vec::new()),
+                };
+                path.push(local.clone());
+                let offer = pb::Offer {
+                    seq: record.seq.0,
+                    attestation,
+                    path,
+                };
+                (offer, record.alert.id)
+            })
+            .collect();
+        self.passed = passed;
+        Ok(offers)
     }
 
     /// Reads the next records past the cursor into `ahead` (read once,
@@ -121,33 +179,6 @@ impl Exporter {
         self.next = last.seq.0 + 1;
         self.ahead.extend(records);
         Ok(true)
-    }
-
-    /// The offer of `record`, if the policy releases it to the peer.
-    fn offer_for(&self, record: &Record) -> Result<Option<pb::Offer>, Problem> {
-        if !self.releases(record) {
-            return Ok(None);
-        }
-        let local = self.fed.broker_id().to_string();
-        let (attestation, mut path) = match &record.provenance {
-            Some(p) => (p.attestation.clone(), p.path.clone()),
-            None => (
-                Some(
-                    self.fed
-                        .inner
-                        .signer
-                        .attest(record)
-                        .map_err(Problem::Local)?,
-                ),
-                Vec::new(),
-            ),
-        };
-        path.push(local);
-        Ok(Some(pb::Offer {
-            seq: record.seq.0,
-            attestation,
-            path,
-        }))
     }
 
     /// Whether the policy releases `record` to the peer: itself, and for an

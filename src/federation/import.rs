@@ -32,9 +32,6 @@ pub(super) struct Importer {
     pub(super) pending: FuturesOrdered<Answering>,
     stored: Arc<std::sync::Mutex<Vec<(Seq, AlertId)>>>,
     state: Shared,
-    /// Resolves (its sender dropped) once the newest offer has been handed
-    /// to the store: the next one waits for it.
-    turn: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Importer {
@@ -45,47 +42,42 @@ impl Importer {
             pending: FuturesOrdered::new(),
             stored: Arc::default(),
             state,
-            turn: tokio::sync::oneshot::channel().1,
         }
     }
 
-    /// Checks and stores one offer; its answer joins the queue. The check
-    /// (signature, certificate, validation, policy) runs as a task of its
-    /// own, so that the offers in flight are checked on every core; the
-    /// alerts are still handed to the store one after the other, in the
-    /// order offered (each waits for its predecessor's turn), so per-origin
-    /// order holds.
-    pub(super) async fn offer(&mut self, offer: pb::Offer) {
+    /// Checks one offer and hands it to the store, in the order offered
+    /// (so per-origin order holds); its answer joins the queue once the
+    /// store has it on disk. The check is a few hashes, a decode and the
+    /// validation: a batch's signature is verified once
+    /// ([`attest::verify`]).
+    ///
+    /// # Errors
+    /// When the store cannot take the alert (it is closing): the session
+    /// ends, and the peer offers it again on the next one.
+    pub(super) async fn offer(&mut self, offer: pb::Offer) -> Result<(), Problem> {
         let seq = offer.seq;
         let (fed, peer) = (self.fed.clone(), self.peer.clone());
-        let checking = tokio::spawn(async move { check(&fed, &peer, offer) });
-        let (my_turn_done, next_turn) = tokio::sync::oneshot::channel::<()>();
-        let my_turn = std::mem::replace(&mut self.turn, next_turn);
-        let (fed, peer, stored, state) = (
-            self.fed.clone(),
-            self.peer.clone(),
-            self.stored.clone(),
-            self.state.clone(),
-        );
-        self.pending.push_back(Box::pin(async move {
-            let checked = checking
-                .await
-                .map_err(|e| Problem::Local(format!("checking an offer: {e}")))?;
-            // The predecessor has been handed to the store (or refused).
-            let _ = my_turn.await;
-            let (alert, provenance) = match checked {
-                Ok(ok) => ok,
-                Err(reason) => {
-                    drop(my_turn_done);
+        let (alert, provenance) = match check(&fed, &peer, offer) {
+            Ok(ok) => ok,
+            Err(reason) => {
+                let state = self.state.clone();
+                self.pending.push_back(Box::pin(async move {
                     refused(&fed, &peer, &state, seq, &reason).await;
-                    return Ok(answer(seq, pb::AnswerKind::Refused, reason));
-                }
-            };
-            let id = alert.id;
-            let submitted = fed.inner.broker.submit_import(alert, provenance).await;
-            drop(my_turn_done);
-            let pending = submitted.map_err(local_problem)?;
-            match pending.await {
+                    Ok(answer(seq, pb::AnswerKind::Refused, reason))
+                }));
+                return Ok(());
+            }
+        };
+        let id = alert.id;
+        let stored = self.stored.clone();
+        let on_disk = fed
+            .inner
+            .broker
+            .submit_import(alert, provenance)
+            .await
+            .map_err(local_problem)?;
+        self.pending.push_back(Box::pin(async move {
+            match on_disk.await {
                 Ok(ack) if ack.duplicate => Ok(answer(seq, pb::AnswerKind::Duplicate, String::new())),
                 Ok(ack) => {
                     lock(&stored).push((ack.seq, id));
@@ -101,6 +93,7 @@ impl Importer {
                 Err(e) => Err(local_problem(e)),
             }
         }));
+        Ok(())
     }
 }
 

@@ -109,6 +109,10 @@ pub struct PeerLink {
     pub link: Link,
     /// Held by the session in progress: one link per peer at a time.
     session: Arc<tokio::sync::Mutex<()>>,
+    /// Cancels the session in progress when the peer dialed it (a session
+    /// this side dialed has none): a peer that dials again replaces it. A
+    /// std mutex: held to swap the token.
+    accepted: Mutex<Option<tokio_util::sync::CancellationToken>>,
     /// Counters of the session in progress (the durable ones are in the
     /// store). A std mutex: held for a field update.
     live: Mutex<Live>,
@@ -189,6 +193,7 @@ impl Federation {
                     link: Link::new(config.url.as_deref().unwrap_or(&config.name)),
                     config,
                     session: Arc::new(tokio::sync::Mutex::new(())),
+                    accepted: Mutex::new(None),
                     live: Mutex::new(Live::default()),
                 })
             })
@@ -261,10 +266,62 @@ impl Federation {
     }
 }
 
+/// A session the peer dialed: holds the peer's link until dropped.
+pub struct Accepted {
+    peer: Arc<PeerLink>,
+    /// Ends the session (shutdown, or the peer dialing again).
+    pub token: tokio_util::sync::CancellationToken,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        // Before the guard is released: the next session registers after.
+        *self.peer.accepted() = None;
+    }
+}
+
+/// How long a session the peer replaces may take to end.
+const TAKE_OVER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl PeerLink {
     /// The right to run this peer's session, unless one runs already.
     pub fn try_session(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         self.session.clone().try_lock_owned().ok()
+    }
+
+    /// The right to run a session the peer dialed, with the token that
+    /// ends it. A session the peer dialed before is ended first: a peer
+    /// only dials again when its side of the old link is gone (a link cut
+    /// without a word, or stalled), while this side may not notice for a
+    /// keepalive timeout. A session this side dialed is kept (`None`): the
+    /// peer's dialer waits, so two brokers that both dial do not keep
+    /// replacing each other's links.
+    pub async fn accept_session(
+        self: &Arc<Self>,
+        parent: &tokio_util::sync::CancellationToken,
+    ) -> Option<Accepted> {
+        let guard = match self.try_session() {
+            Some(guard) => guard,
+            None => {
+                let old = self.accepted().clone()?;
+                old.cancel();
+                tokio::time::timeout(TAKE_OVER, self.session.clone().lock_owned())
+                    .await
+                    .ok()?
+            }
+        };
+        let token = parent.child_token();
+        *self.accepted() = Some(token.clone());
+        Some(Accepted {
+            peer: self.clone(),
+            token,
+            _guard: guard,
+        })
+    }
+
+    fn accepted(&self) -> std::sync::MutexGuard<'_, Option<tokio_util::sync::CancellationToken>> {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn live(&self) -> Live {

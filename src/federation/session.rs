@@ -187,7 +187,7 @@ where
                 };
                 peer.link.contact();
                 match f {
-                    Frame::Offer(offer) => importer.offer(offer).await,
+                    Frame::Offer(offer) => importer.offer(offer).await?,
                     Frame::Answer(answer) => {
                         exporter.answer(&answer).await?;
                         exporter.flush_audit(false).await;

@@ -55,18 +55,22 @@ impl federation_server::Federation for FederationService {
             .ok_or_else(|| {
                 Status::unauthenticated(format!("{node} is not a configured peer broker"))
             })?;
-        let guard = peer.try_session().ok_or_else(|| {
-            Status::already_exists(format!("a link with peer {name} is up already"))
+        // A link the peer dialed before is replaced; one this side dialed
+        // is not.
+        let accepted = peer.accept_session(&self.shutdown).await.ok_or_else(|| {
+            Status::already_exists(format!(
+                "a link with peer {name} is up already (dialed from here)"
+            ))
         })?;
         let inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let federation = self.federation.clone();
-        let shutdown = self.shutdown.child_token();
         tokio::spawn(async move {
-            let _session = guard;
-            if let Err(problem) = session::run(&federation, &peer, inbound, tx, shutdown).await {
+            let token = accepted.token.clone();
+            if let Err(problem) = session::run(&federation, &peer, inbound, tx, token).await {
                 peer.link.failed(&problem);
             }
+            drop(accepted);
         });
         let frames = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(frames)))
