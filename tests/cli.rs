@@ -471,10 +471,26 @@ fn configuration_files_are_checked_with_lines_and_flags_override_them() {
 
 #[test]
 fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
+    let stdout = demo(&["demo", "--duration", "10s"]);
+    assert!(stdout.contains("(1 broker(s) checked)"), "{stdout}");
+}
+
+#[test]
+fn the_federated_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
+    let stdout = demo(&["demo", "--federated", "--duration", "10s"]);
+    assert!(stdout.contains("6 national brokers"), "{stdout}");
+    assert!(
+        stdout.contains("every alert stored once per broker (6 broker(s) checked)"),
+        "{stdout}"
+    );
+}
+
+/// Runs a demo; its output, once it ended with a clean verdict.
+fn demo(args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let cli = Cli::new(dir.path());
-    let out = cli.run(&["demo", "--duration", "10s"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = cli.run(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
         out.status.success(),
@@ -491,6 +507,7 @@ fn the_demo_region_runs_and_its_verdict_reports_nothing_lost_or_leaked() {
         .expect("a count");
     assert!(published > 50, "{last}");
     assert!(stdout.contains("published"), "a live summary was printed");
+    stdout
 }
 
 #[test]

@@ -82,9 +82,11 @@ pub enum Command {
     Admin(admin::AdminView),
     /// Check that a broker or agent is serving (gRPC health; exit 0 when it is).
     Health(admin::HealthArgs),
-    /// A simulated region: a broker, six countries' posts behind flaky links,
+    /// A simulated region: a broker (or, with --federated, one per country,
+    /// linked along the borders), six countries' posts behind flaky links,
     /// liaison offices' feeds; ends with `verdict: published N, delivered N,
-    /// lost N, leaked N` (exit status 0 only when nothing was lost or leaked).
+    /// lost N, leaked N` (exit status 0 only when nothing was lost or
+    /// leaked and no broker stored an alert twice).
     Demo(DemoArgs),
     /// Measure publish throughput and latency against a broker.
     #[command(subcommand)]
@@ -102,6 +104,10 @@ pub struct DemoArgs {
     /// Alerts per second across the region.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
+    /// One national broker per country, each with its own PKI and policy,
+    /// linked to its neighbours' over flaky federation links.
+    #[arg(long)]
+    pub federated: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,12 +243,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         posts_per_country: args.posts_per_country,
         rate: args.rate,
         summary_every: std::time::Duration::from_secs(2),
+        federated: args.federated,
     };
     let verdict = crate::demo::run(config, |line| announce(&line))
         .await
         .map_err(|e| anyhow::anyhow!("the demo could not run: {e}"))?;
+    announce(&match verdict.stored_twice {
+        0 => format!(
+            "demo: every alert stored once per broker ({} broker(s) checked)",
+            verdict.brokers
+        ),
+        n => format!("demo: {n} alert(s) stored twice by a broker"),
+    });
     announce(&verdict.to_string());
-    Ok(if verdict.lost == 0 && verdict.leaked == 0 {
+    Ok(if verdict.clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -7,13 +7,16 @@ use std::time::SystemTime;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 
-use super::{Office, Post, Sent, gazetteer};
+use super::{Post, Sent, gazetteer};
 use liaison::alert::timestamp;
 use liaison::identity::NodeId;
 use liaison::proto as pb;
 
-/// A realistic alert from `post`.
-pub(super) fn make_alert(post: &Post, offices: &[Office], rng: &mut impl Rng) -> (pb::Alert, Sent) {
+/// A realistic alert from `post`. AMBER is releasable to the country
+/// across the crossing, RED names its liaison office; GREEN is sometimes
+/// releasable to a few countries of the region, which lets it be re-shared
+/// beyond the first border between federated brokers.
+pub(super) fn make_alert(post: &Post, rng: &mut impl Rng) -> (pb::Alert, Sent) {
     let x = post.crossing;
     let n: u32 = rng.random_range(2..60);
     let (category, template) = *gazetteer::REPORTS.choose(rng).expect("non-empty");
@@ -31,16 +34,24 @@ pub(super) fn make_alert(post: &Post, offices: &[Office], rng: &mut impl Rng) ->
     ]
     .choose(rng)
     .expect("non-empty");
-    let neighbour_office = offices
+    let neighbour_office = gazetteer::AGENCIES
         .iter()
-        .find(|o| o.node.country().as_str() == x.neighbour);
-    let releasable_to = if tlp == pb::Tlp::Amber {
-        vec![x.neighbour.to_owned()]
-    } else {
-        Vec::new()
+        .find(|(cc, _)| *cc == x.neighbour)
+        .and_then(|(cc, agency)| NodeId::new(cc, agency, "liaison-office").ok());
+    let releasable_to = match tlp {
+        pb::Tlp::Amber => vec![x.neighbour.to_owned()],
+        pb::Tlp::Green if rng.random_bool(0.5) => {
+            let n = rng.random_range(1..=3);
+            gazetteer::AGENCIES
+                .choose_multiple(rng, n)
+                .map(|(cc, _)| (*cc).to_owned())
+                .filter(|cc| cc != post.node.country().as_str())
+                .collect()
+        }
+        _ => Vec::new(),
     };
     let recipients: Vec<NodeId> = match (tlp, neighbour_office) {
-        (pb::Tlp::Red, Some(o)) => vec![o.node.clone()],
+        (pb::Tlp::Red, Some(o)) => vec![o],
         (pb::Tlp::Red, None) => vec![post.node.clone()],
         _ => Vec::new(),
     };

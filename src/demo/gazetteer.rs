@@ -52,6 +52,28 @@ pub const AGENCIES: [(&str, &str); 6] = [
     ("AF", "border-police"),
 ];
 
+/// The land borders between the six countries: where `demo --federated`
+/// links two national brokers.
+pub const NEIGHBOURS: [(&str, &str); 10] = [
+    ("KZ", "KG"),
+    ("KZ", "UZ"),
+    ("KZ", "TM"),
+    ("KG", "UZ"),
+    ("KG", "TJ"),
+    ("TJ", "UZ"),
+    ("TJ", "AF"),
+    ("TM", "UZ"),
+    ("TM", "AF"),
+    ("UZ", "AF"),
+];
+
+/// Whether two countries share a land border.
+pub fn neighbours(a: &str, b: &str) -> bool {
+    NEIGHBOURS
+        .iter()
+        .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b))
+}
+
 /// Crossings of the six countries, several per country.
 pub const CROSSINGS: &[Crossing] = &[
     c("KZ", "korday", "Korday", "KZ-KOR", "KG", 43.040, 74.705),

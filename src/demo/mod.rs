@@ -3,17 +3,22 @@
 //! real border crossings ([`gazetteer`]), each post behind an agent on a
 //! link that drops and stalls at random ([`liaison::flaky`]); a liaison
 //! office per country following a feed with its own filter; realistic
-//! alerts across categories and markings ([`alerts`]).
+//! alerts across categories and markings ([`alerts`]). With `--federated`
+//! ([`federated`]) each country runs its own broker under its own PKI, and
+//! the brokers of neighbouring states are linked, over flaky links too.
 //!
 //! At the end every link is restored, every outbox drained and every feed
 //! caught up, and the demo checks, independently of the broker's own code:
-//! - **lost**: an alert acknowledged to a post that is not in the broker's
+//! - **lost**: an alert acknowledged to a post that is not in its broker's
 //!   store, or that a feed should have received and did not;
 //! - **leaked**: an alert delivered to a feed whose identity the markings
-//!   exclude.
+//!   (and, across borders, the re-sharing rules) exclude;
+//! - and that no broker stores an alert twice.
 
 mod alerts;
+mod federated;
 pub mod gazetteer;
+mod judge;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use alerts::make_alert;
 use gazetteer::{AGENCIES, Crossing};
+use judge::judge;
 use liaison::agent::{self, AgentConfig};
 use liaison::client;
 use liaison::flaky::{FlakyProxy, Mode};
@@ -36,7 +42,6 @@ use liaison::identity::NodeId;
 use liaison::pki;
 use liaison::proto as pb;
 use liaison::server::{self, ServeConfig};
-use liaison::store::{Store, StoreConfig};
 use liaison::tls::TlsFiles;
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -50,6 +55,8 @@ pub struct DemoConfig {
     pub rate: f64,
     /// How often the live summary is printed.
     pub summary_every: Duration,
+    /// One broker per country, linked along the region's borders.
+    pub federated: bool,
 }
 
 /// The closing figures.
@@ -59,6 +66,17 @@ pub struct Verdict {
     pub delivered: u64,
     pub lost: u64,
     pub leaked: u64,
+    /// Alerts some broker stored more than once (never, if dedupe holds).
+    pub stored_twice: u64,
+    /// Brokers whose stores were checked.
+    pub brokers: usize,
+}
+
+impl Verdict {
+    /// Nothing lost, leaked or stored twice.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.leaked == 0 && self.stored_twice == 0
+    }
 }
 
 impl std::fmt::Display for Verdict {
@@ -100,6 +118,20 @@ impl Sent {
     }
 }
 
+/// Where one country's nodes connect: its broker, the PKI that certifies
+/// them and the broker's data directory (one broker: the same for all).
+#[derive(Debug, Clone)]
+struct Home {
+    addr: std::net::SocketAddr,
+    certs: PathBuf,
+    data: PathBuf,
+}
+
+type Homes = HashMap<&'static str, Home>;
+
+/// What an office should receive of an alert: the rules, restated.
+type Expect<'a> = &'a (dyn Fn(&Office, &Sent) -> bool + Sync);
+
 /// A liaison office and what its feed wants.
 struct Office {
     node: NodeId,
@@ -108,8 +140,9 @@ struct Office {
 }
 
 impl Office {
-    /// The markings and the filter, restated (the demo runs without a
-    /// policy file, so every agreement is open).
+    /// The markings and the filter, restated (agreements cover every
+    /// category and level: one broker runs without a policy file, and the
+    /// federated region's brokers agree on everything).
     fn should_receive(&self, s: &Sent) -> bool {
         let v = &self.node;
         let same_agency = s.origin.country() == v.country() && s.origin.agency() == v.agency();
@@ -160,7 +193,11 @@ pub async fn run(config: DemoConfig, say: impl Fn(String)) -> DemoResult<Verdict
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     ));
-    let result = region(&config, &dir, &say).await;
+    let result = if config.federated {
+        federated::region(&config, &dir, &say).await
+    } else {
+        region(&config, &dir, &say).await
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -172,20 +209,25 @@ async fn region(config: &DemoConfig, dir: &Path, say: &impl Fn(String)) -> DemoR
 
     // The national broker (one for the region, running open: markings apply).
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let broker_addr = listener.local_addr()?;
-    let broker_url = format!("https://{broker_addr}");
+    let home = Home {
+        addr: listener.local_addr()?,
+        certs: certs.clone(),
+        data: dir.join("broker"),
+    };
+    let broker_url = format!("https://{}", home.addr);
+    let homes: Homes = AGENCIES.iter().map(|(cc, _)| (*cc, home.clone())).collect();
     let mut serve = ServeConfig::new(
         TlsFiles::in_dir(&certs, pki::BROKER_NAME),
-        dir.join("broker"),
+        home.data.clone(),
     );
     serve.broker.retention.max_age = None;
     serve.shutdown_grace = Duration::from_secs(2);
     let broker = tokio::spawn(server::run(listener, serve, shutdown.clone()));
 
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let offices = start_offices(&certs, &broker_url, &tally, &shutdown).await?;
+    let offices = start_offices(&homes, &tally, &shutdown).await?;
     let chaos = CancellationToken::new();
-    let posts = start_posts(config, dir, &certs, broker_addr, &chaos, &shutdown).await?;
+    let posts = start_posts(config, dir, &homes, &chaos, &shutdown).await?;
     say(format!(
         "demo: broker {broker_url}, {} posts behind flaky links, {} liaison offices, for {:?}",
         posts.len(),
@@ -193,7 +235,7 @@ async fn region(config: &DemoConfig, dir: &Path, say: &impl Fn(String)) -> DemoR
         config.duration
     ));
 
-    publish_for(config, &posts, &offices, &tally, say).await;
+    publish_for(config, &posts, &tally, &mut || post_links(&posts), say).await;
 
     // Restore every link, drain every outbox, let every feed catch up.
     chaos.cancel();
@@ -202,17 +244,17 @@ async fn region(config: &DemoConfig, dir: &Path, say: &impl Fn(String)) -> DemoR
     }
     say("demo: publishing stopped; links restored; draining the posts' outboxes".into());
     drain(&posts).await;
-    catch_up(&offices, &tally).await;
+    let expect = |o: &Office, s: &Sent| o.should_receive(s);
+    catch_up(&offices, &tally, &expect).await;
     shutdown.cancel();
     if let Ok(Err(e)) = broker.await {
         say(format!("demo: the broker stopped with an error: {e}"));
     }
-    judge(dir, &offices, &tally).await
+    judge(&homes, &offices, &tally, &expect).await
 }
 
 async fn start_offices(
-    certs: &Path,
-    broker_url: &str,
+    homes: &Homes,
     tally: &Arc<Mutex<Tally>>,
     shutdown: &CancellationToken,
 ) -> DemoResult<Vec<Office>> {
@@ -229,6 +271,8 @@ async fn start_offices(
     ];
     let mut offices = Vec::new();
     for (i, (cc, agency)) in AGENCIES.iter().enumerate() {
+        let home = &homes[cc];
+        let (certs, broker_url) = (&home.certs, format!("https://{}", home.addr));
         let node = NodeId::new(cc, agency, "liaison-office")?;
         let name = format!("office-{}", cc.to_ascii_lowercase());
         pki::issue_node(certs, &node, &name, 30, false)?;
@@ -242,7 +286,8 @@ async fn start_offices(
                 rng.random_bool(0.5),
             )
         };
-        let mut client = client::connect(broker_url, Some(&TlsFiles::in_dir(certs, &name))).await?;
+        let mut client =
+            client::connect(&broker_url, Some(&TlsFiles::in_dir(certs, &name))).await?;
         let (tx, rx) = mpsc::channel(64);
         tx.send(pb::SubscribeRequest {
             request: Some(pb::subscribe_request::Request::Open(pb::OpenFeed {
@@ -300,13 +345,17 @@ async fn start_offices(
 async fn start_posts(
     config: &DemoConfig,
     dir: &Path,
-    certs: &Path,
-    broker_addr: std::net::SocketAddr,
+    homes: &Homes,
     chaos: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> DemoResult<Vec<Post>> {
     let mut posts = Vec::new();
     for (cc, agency) in AGENCIES {
+        let Home {
+            addr: broker_addr,
+            certs,
+            ..
+        } = &homes[cc];
         let crossings: Vec<&Crossing> = gazetteer::of(cc).collect();
         for n in 0..config.posts_per_country {
             let crossing = crossings[n % crossings.len()];
@@ -317,7 +366,7 @@ async fn start_posts(
             let node = NodeId::new(cc, agency, &node_name)?;
             let file = format!("post-{}-{node_name}", cc.to_ascii_lowercase());
             pki::issue_node(certs, &node, &file, 30, false)?;
-            let proxy = FlakyProxy::start(broker_addr, Mode::Pass).await?;
+            let proxy = FlakyProxy::start(*broker_addr, Mode::Pass).await?;
             proxy.chaos(
                 Duration::from_millis(200),
                 Duration::from_millis(1500),
@@ -349,11 +398,13 @@ async fn start_posts(
     Ok(posts)
 }
 
-async fn publish_for(
+/// Publishes at the configured rate from random posts; every
+/// `summary_every`, says how far it got and how the links are (`links`).
+async fn publish_for<F: Future<Output = String>>(
     config: &DemoConfig,
     posts: &[Post],
-    offices: &[Office],
     tally: &Arc<Mutex<Tally>>,
+    links: &mut impl FnMut() -> F,
     say: &impl Fn(String),
 ) {
     let mut clients = Vec::new();
@@ -367,7 +418,7 @@ async fn publish_for(
         let (i, alert, sent) = {
             let mut rng = rand::rng();
             let i = rng.random_range(0..posts.len());
-            let (alert, sent) = make_alert(&posts[i], offices, &mut rng);
+            let (alert, sent) = make_alert(&posts[i], &mut rng);
             (i, alert, sent)
         };
         if let Some(Some(client)) = clients.get_mut(i)
@@ -379,13 +430,13 @@ async fn publish_for(
         }
         if Instant::now() >= next_summary {
             next_summary += config.summary_every;
-            say(summary(posts, tally, started).await);
+            say(summary(tally, started, links().await));
         }
         tokio::time::sleep(pause).await;
     }
 }
 
-async fn summary(posts: &[Post], tally: &Arc<Mutex<Tally>>, started: Instant) -> String {
+fn summary(tally: &Arc<Mutex<Tally>>, started: Instant, links: String) -> String {
     let (published, delivered) = {
         let t = lock(tally);
         (
@@ -393,6 +444,14 @@ async fn summary(posts: &[Post], tally: &Arc<Mutex<Tally>>, started: Instant) ->
             t.received.values().map(HashSet::len).sum::<usize>(),
         )
     };
+    format!(
+        "[{:>5.1}s] published {published}, delivered {delivered} | {links}",
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// Each post's link and outbox: `post:link/backlog …`.
+async fn post_links(posts: &[Post]) -> String {
     let mut links = Vec::new();
     for p in posts {
         let s = status(&p.url).await;
@@ -407,11 +466,7 @@ async fn summary(posts: &[Post], tally: &Arc<Mutex<Tally>>, started: Instant) ->
         let backlog = s.map_or(0, |s| s.outbox_depth);
         links.push(format!("{}:{state}/{backlog}", p.node.node()));
     }
-    format!(
-        "[{:>5.1}s] published {published}, delivered {delivered} | post:link/backlog {}",
-        started.elapsed().as_secs_f64(),
-        links.join(" ")
-    )
+    format!("post:link/backlog {}", links.join(" "))
 }
 
 async fn status(url: &str) -> Option<pb::AgentStatusResponse> {
@@ -437,7 +492,7 @@ async fn drain(posts: &[Post]) {
 }
 
 /// Waits (bounded) until every office received what it should.
-async fn catch_up(offices: &[Office], tally: &Arc<Mutex<Tally>>) {
+async fn catch_up(offices: &[Office], tally: &Arc<Mutex<Tally>>, expect: Expect<'_>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let done = {
@@ -446,7 +501,7 @@ async fn catch_up(offices: &[Office], tally: &Arc<Mutex<Tally>>) {
                 let got = t.received.get(&i);
                 t.sent
                     .iter()
-                    .filter(|(_, s)| o.should_receive(s))
+                    .filter(|(_, s)| expect(o, s))
                     .all(|(id, _)| got.is_some_and(|g| g.contains(id)))
             })
         };
@@ -455,66 +510,4 @@ async fn catch_up(offices: &[Office], tally: &Arc<Mutex<Tally>>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Counts what was lost and what leaked, reading the broker's store itself.
-async fn judge(dir: &Path, offices: &[Office], tally: &Arc<Mutex<Tally>>) -> DemoResult<Verdict> {
-    // The broker has stopped; its last tasks release the store promptly.
-    let path = PathBuf::from(dir).join("broker");
-    let mut attempts = 0;
-    let store = loop {
-        match Store::open(&path, StoreConfig::default()) {
-            Ok(store) => break store,
-            Err(_) if attempts < 50 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let t = lock(tally);
-    let mut lost = 0;
-    for id in t.sent.keys() {
-        let stored = id
-            .parse()
-            .ok()
-            .and_then(|id| store.get_by_id(&id).ok().flatten());
-        if stored.is_none() {
-            lost += 1;
-        }
-    }
-    let mut leaked = 0;
-    let mut delivered = 0;
-    for (i, office) in offices.iter().enumerate() {
-        let got = t.received.get(&i).cloned().unwrap_or_default();
-        delivered += got.len() as u64;
-        for (id, sent) in &t.sent {
-            let should = office.should_receive(sent);
-            match (should, got.contains(id)) {
-                (true, false) => lost += 1,
-                (false, true) => leaked += 1,
-                _ => {}
-            }
-        }
-        // Deliveries of alerts whose publish reply the demo never saw are
-        // judged by the markings stored at the broker; one it does not hold
-        // cannot be justified and counts as leaked.
-        for id in got.iter().filter(|id| !t.sent.contains_key(*id)) {
-            let stored = id
-                .parse()
-                .ok()
-                .and_then(|id| store.get_by_id(&id).ok().flatten());
-            let allowed =
-                stored.is_some_and(|r| office.should_receive(&Sent::from_stored(&r.alert)));
-            if !allowed {
-                leaked += 1;
-            }
-        }
-    }
-    Ok(Verdict {
-        published: t.sent.len() as u64,
-        delivered,
-        lost,
-        leaked,
-    })
 }
