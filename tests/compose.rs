@@ -1,7 +1,10 @@
 //! Guards `docker-compose.yml` against drifting from the CLI: no Docker
 //! engine runs here, so every service's command line (and health check) is
-//! run against the local build, with volumes mapped to a temporary directory
-//! and container addresses to loopback.
+//! run against the local build, with volumes mapped to a temporary directory,
+//! container addresses to loopback and the configuration files the brokers
+//! read (`examples/compose/`) rewritten the same way. Two states' brokers
+//! run, linked: an alert published at a Tajik post reaches the Afghan
+//! officer at Afghanistan's broker.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -50,6 +53,30 @@ impl Remap {
     fn args(&self, args: &[String]) -> Vec<String> {
         args.iter().map(|a| self.arg(a)).collect()
     }
+
+    /// The service's command line; a configuration file it reads from the
+    /// compose directory is rewritten like the command line (paths and
+    /// addresses) into the temporary directory.
+    fn command(&self, service: &Value) -> Vec<String> {
+        let mut args = strings(&service["command"]);
+        for arg in &mut args {
+            if let Some(file) = arg.strip_prefix(COMPOSE_DIR) {
+                let text = std::fs::read_to_string(repo().join("examples/compose").join(file))
+                    .expect("a compose configuration file");
+                let out = self.root.join(format!("{}.toml", self.service));
+                std::fs::write(&out, self.arg(&text)).expect("write");
+                *arg = out.to_str().expect("utf-8").to_owned();
+            }
+        }
+        self.args(&args)
+    }
+}
+
+/// Where the compose file mounts `examples/compose/`.
+const COMPOSE_DIR: &str = "/etc/liaison/compose/";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn liaison() -> Command {
@@ -134,10 +161,14 @@ fn every_service_of_the_compose_file_runs_against_the_local_build() {
             "{name:?} uses the image built here"
         );
         for volume in strings(&service["volumes"]) {
-            let named = volume.split(':').next().expect("volume name");
+            let source = volume.split(':').next().expect("volume name");
+            if let Some(dir) = source.strip_prefix("./") {
+                assert!(repo().join(dir).is_dir(), "bind mount {source} exists");
+                continue;
+            }
             assert!(
-                file["volumes"].get(named).is_some(),
-                "volume {named} is declared"
+                file["volumes"].get(source).is_some(),
+                "volume {source} is declared"
             );
         }
     }
@@ -147,7 +178,17 @@ fn every_service_of_the_compose_file_runs_against_the_local_build() {
         service: String::new(),
         addresses: HashMap::from([
             ("0.0.0.0:7443".to_owned(), "127.0.0.1:0".to_owned()),
+            ("0.0.0.0:7453".to_owned(), "127.0.0.1:0".to_owned()),
             ("0.0.0.0:9464".to_owned(), "127.0.0.1:0".to_owned()),
+            // The image copies the example files there (Dockerfile).
+            (
+                "/etc/liaison/policy.example.toml".to_owned(),
+                repo()
+                    .join("policy.example.toml")
+                    .to_str()
+                    .expect("utf-8")
+                    .to_owned(),
+            ),
         ]),
     };
     let mut children = Children(Vec::new());
@@ -178,26 +219,30 @@ fn every_service_of_the_compose_file_runs_against_the_local_build() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert!(root.path().join("certs/ca.crt").is_file());
+    assert!(root.path().join("certs/tj/ca.crt").is_file());
+    assert!(root.path().join("certs/af/peers/tj-ca.crt").is_file());
 
-    // broker
-    remap.service = "broker".into();
-    let (child, broker_out) = spawn(&remap.args(&strings(&services["broker"]["command"])));
-    children.0.push(child);
-    let broker_url = ready(&broker_out, "liaison: listening on ");
-    remap
-        .addresses
-        .insert("https://localhost:7443".into(), broker_url.clone());
-    healthy(&services["broker"], &remap);
-    remap
-        .addresses
-        .insert("https://broker:7443".into(), broker_url.clone());
+    // Afghanistan's broker first (Tajikistan's dials it), then Tajikistan's.
+    for (service, port) in [("broker-af", "7453"), ("broker", "7443")] {
+        remap.service = service.into();
+        let (child, out) = spawn(&remap.command(&services[service]));
+        children.0.push(child);
+        let url = ready(&out, "liaison: listening on ");
+        remap
+            .addresses
+            .insert(format!("https://localhost:{port}"), url.clone());
+        healthy(&services[service], &remap);
+        remap
+            .addresses
+            .insert(format!("https://{service}:{port}"), url.clone());
+    }
 
     // posts behind agents
     let mut agents = HashMap::new();
     for post in ["post-ishkashim", "post-khorog"] {
         remap.service = post.into();
         let mut args = strings(&services[post]["command"]);
+        assert!(args.iter().all(|a| !a.starts_with(COMPOSE_DIR)));
         let listen = args.iter().position(|a| a == "--listen").expect("--listen") + 1;
         args[listen] = "127.0.0.1:0".into();
         let (child, out) = spawn(&remap.args(&args));
@@ -242,10 +287,14 @@ fn every_service_of_the_compose_file_runs_against_the_local_build() {
     );
     let line = officer_out
         .recv_timeout(Duration::from_secs(30))
-        .expect("the officer received an alert");
+        .expect("the officer at Afghanistan's broker received the alert");
     assert!(line.contains("Heroin seized at the bridge"), "{line}");
     assert!(
         line.contains("urn:liaison:TJ:border-guard:ishkashim"),
         "{line}"
+    );
+    assert!(
+        line.contains("via urn:liaison:TJ:liaison:broker"),
+        "it crossed from Tajikistan's broker: {line}"
     );
 }
