@@ -19,6 +19,7 @@
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`federation`] | links between national brokers: export cursors, signed alerts, verified imports |
 //! | [`client`] | connecting to a broker as a node |
+//! | [`cap`] | OASIS CAP 1.2 documents in (to publish) and out (from stored alerts) |
 //! | [`flaky`] | a TCP proxy that cuts, stalls and black-holes links on command (the demo, the tests) |
 //!
 //! The `liaison` binary (`src/main.rs`) holds the command line (`cli`), the
@@ -43,6 +44,7 @@ pub mod agent;
 pub mod alert;
 pub mod audit;
 pub mod broker;
+pub mod cap;
 pub mod client;
 pub mod federation;
 pub mod filter;

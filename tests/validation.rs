@@ -179,6 +179,56 @@ fn cases() -> Vec<(&'static str, Mutation, &'static str)> {
             "alert.parameters[0].key: must match",
         ),
         (
+            "parameter key reserved for CAP export",
+            |a| {
+                a.parameters = vec![pb::Parameter {
+                    key: "liaison:origin".into(),
+                    value: Some(pb::parameter::Value::Text("someone else".into())),
+                    unit: String::new(),
+                }]
+            },
+            "alert.parameters[0].key: \"liaison:\" keys are reserved",
+        ),
+        (
+            "translations without the alert's language",
+            |a| a.translations = vec![translation("ru", "Заголовок")],
+            "alert.language: is required when the alert has translations",
+        ),
+        (
+            "translation in the alert's language",
+            |a| {
+                a.language = "ru".into();
+                a.translations = vec![translation("RU", "Заголовок")]
+            },
+            "alert.translations[0].language: \"RU\" is given twice",
+        ),
+        (
+            "translation without headline",
+            |a| {
+                a.language = "en".into();
+                a.translations = vec![translation("ru", "")]
+            },
+            "alert.translations[0].headline: is required",
+        ),
+        (
+            "translation language tag",
+            |a| {
+                a.language = "en".into();
+                a.translations = vec![translation("russian language", "x")]
+            },
+            "alert.translations[0].language: must be a BCP 47 language tag",
+        ),
+        (
+            "too many translations",
+            |a| {
+                a.language = "en".into();
+                a.translations = ["ru", "tg", "uz", "kk", "ky", "tk", "fa", "ps", "ar"]
+                    .map(|l| translation(l, "x"))
+                    .to_vec()
+            },
+            "alert.translations: has 9 items; at most 8",
+        ),
+        (
             "latitude out of range",
             |a| {
                 a.area = Some(pb::Area {
@@ -309,7 +359,13 @@ async fn a_complete_alert_with_every_optional_part_is_accepted_as_sent() {
     a.incident = "TJ-2026-0042".into();
     a.expires = Some(timestamp(SystemTime::now() + Duration::from_secs(6 * 3600)));
     a.language = "ru".into();
+    a.translations = vec![translation("en", "FTF suspect crossing (en)")];
     a.parameters = vec![
+        pb::Parameter {
+            key: "EAS-ORG:layer.1".into(),
+            value: Some(pb::parameter::Value::Flag(true)),
+            unit: String::new(),
+        },
         pb::Parameter {
             key: "persons".into(),
             value: Some(pb::parameter::Value::Integer(2)),
@@ -362,4 +418,13 @@ async fn a_complete_alert_with_every_optional_part_is_accepted_as_sent() {
     let mut expected = a;
     expected.origin = stored.origin.clone();
     assert_eq!(stored, expected);
+}
+
+fn translation(language: &str, headline: &str) -> pb::Translation {
+    pb::Translation {
+        language: language.into(),
+        headline: headline.into(),
+        description: String::new(),
+        instruction: String::new(),
+    }
 }

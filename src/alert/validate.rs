@@ -58,6 +58,7 @@ fn reject<T>(field: impl Into<String>, rule: impl Into<String>) -> Result<T, Rej
 
 const MAX_REFERENCES: usize = 32;
 const MAX_PARAMETERS: usize = 64;
+const MAX_TRANSLATIONS: usize = 8;
 const MAX_SHAPES: usize = 16;
 const MAX_POLYGON_POINTS: usize = 1024;
 const MAX_RELEASABLE: usize = 32;
@@ -190,17 +191,21 @@ fn check_content(msg: &pb::Alert) -> Result<(), Rejection> {
     text("alert.description", &msg.description, 0, 16 * 1024, true)?;
     text("alert.instruction", &msg.instruction, 0, 4 * 1024, true)?;
     if !msg.language.is_empty() && !is_language_tag(&msg.language) {
-        return reject(
-            "alert.language",
-            "must be a BCP 47 language tag such as \"ru\", \"tg\" or \"en-GB\"",
-        );
+        return reject("alert.language", LANGUAGE_RULE);
     }
+    check_translations(msg)?;
     max_items("alert.parameters", msg.parameters.len(), MAX_PARAMETERS)?;
     let mut keys = std::collections::HashSet::new();
     for (i, p) in msg.parameters.iter().enumerate() {
         let field = format!("alert.parameters[{i}]");
         if !is_param_key(&p.key) {
-            return reject(format!("{field}.key"), "must match [a-z0-9_.-]{1,64}");
+            return reject(format!("{field}.key"), "must match [A-Za-z0-9_.:-]{1,64}");
+        }
+        if p.key.starts_with("liaison:") {
+            return reject(
+                format!("{field}.key"),
+                "\"liaison:\" keys are reserved for what Liaison adds when it writes CAP",
+            );
         }
         if !keys.insert(p.key.as_str()) {
             return reject(
@@ -224,6 +229,58 @@ fn check_content(msg: &pb::Alert) -> Result<(), Rejection> {
             Some(_) => {}
         }
         text(&format!("{field}.unit"), &p.unit, 0, 32, false)?;
+    }
+    Ok(())
+}
+
+const LANGUAGE_RULE: &str = "must be a BCP 47 language tag such as \"ru\", \"tg\" or \"en-GB\"";
+
+/// Translations: at most 8, each in a language of its own, with the text
+/// rules of the alert's own fields.
+fn check_translations(msg: &pb::Alert) -> Result<(), Rejection> {
+    if msg.translations.is_empty() {
+        return Ok(());
+    }
+    max_items(
+        "alert.translations",
+        msg.translations.len(),
+        MAX_TRANSLATIONS,
+    )?;
+    if msg.language.is_empty() {
+        return reject(
+            "alert.language",
+            "is required when the alert has translations",
+        );
+    }
+    let mut languages = vec![msg.language.to_ascii_lowercase()];
+    for (i, t) in msg.translations.iter().enumerate() {
+        let field = format!("alert.translations[{i}]");
+        if !is_language_tag(&t.language) {
+            return reject(format!("{field}.language"), LANGUAGE_RULE);
+        }
+        let language = t.language.to_ascii_lowercase();
+        if languages.contains(&language) {
+            return reject(
+                format!("{field}.language"),
+                format!("\"{}\" is given twice", t.language),
+            );
+        }
+        languages.push(language);
+        text(&format!("{field}.headline"), &t.headline, 1, 256, false)?;
+        text(
+            &format!("{field}.description"),
+            &t.description,
+            0,
+            16 * 1024,
+            true,
+        )?;
+        text(
+            &format!("{field}.instruction"),
+            &t.instruction,
+            0,
+            4 * 1024,
+            true,
+        )?;
     }
     Ok(())
 }
@@ -520,7 +577,7 @@ fn text(field: &str, s: &str, min: usize, max: usize, multiline: bool) -> Result
 fn is_param_key(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
 }
 
 fn is_language_tag(s: &str) -> bool {

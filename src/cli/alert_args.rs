@@ -51,9 +51,10 @@ pub struct AlertArgs {
     /// When it stops being relevant: RFC 3339 time or a duration from now ("6h", "3days").
     #[arg(long)]
     pub expires: Option<String>,
-    /// clear, green, amber, amber_strict, red.
-    #[arg(long, default_value = "amber")]
-    pub tlp: String,
+    /// clear, green, amber, amber_strict, red (default amber; with --cap,
+    /// the CAP document's marking unless given).
+    #[arg(long)]
+    pub tlp: Option<String>,
     /// Countries (UZ) or agencies (UZ:customs) an AMBER alert may reach (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub releasable_to: Vec<String>,
@@ -153,7 +154,7 @@ impl AlertArgs {
             language: self.language.clone(),
             area,
             marking: Some(pb::Marking {
-                tlp: parse_enum::<pb::Tlp>("--tlp", &self.tlp)?,
+                tlp: parse_enum::<pb::Tlp>("--tlp", self.tlp.as_deref().unwrap_or("amber"))?,
                 releasable_to: self.releasable_to.clone(),
                 recipients: self.recipients.clone(),
                 handling_codes: self.handling_codes.clone(),
@@ -164,6 +165,7 @@ impl AlertArgs {
                 .iter()
                 .map(attachment)
                 .collect::<Result<_>>()?,
+            translations: Vec::new(),
         })
     }
 

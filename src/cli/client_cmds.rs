@@ -11,8 +11,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::alert_args::{AlertArgs, parse_duration};
+use super::cap::{Format, alert_from_cap, document};
 use super::conn::ConnArgs;
 use super::json::{alert_from_json, parse_enum, parse_time, record_json, short, time_json};
+use liaison::cap::Layout;
 use liaison::proto as pb;
 
 #[derive(Debug, Args)]
@@ -22,8 +24,14 @@ pub struct PublishArgs {
     #[command(flatten)]
     pub alert: AlertArgs,
     /// Read the whole alert as JSON from FILE ("-" for standard input) instead of field flags.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "cap")]
     pub json: Option<PathBuf>,
+    /// Read the alert from an OASIS CAP 1.2 document in FILE ("-" for
+    /// standard input); --tlp, --releasable-to, --recipient,
+    /// --handling-code, --category and --id given with it replace what the
+    /// document says (docs/cap.md).
+    #[arg(long, value_name = "FILE")]
+    pub cap: Option<PathBuf>,
 }
 
 /// Filter flags shared by `subscribe` and `history`.
@@ -82,9 +90,12 @@ pub struct SubscribeArgs {
     /// An existing durable feed resumes from its cursor.
     #[arg(long, default_value = "new")]
     pub from: String,
-    /// Print one JSON object per line.
+    /// Print one JSON object per line (the same as --format json).
     #[arg(long)]
     pub json: bool,
+    /// text, json or cap (CAP 1.2 XML, one document per line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
     /// Exit after this many alerts.
     #[arg(long)]
     pub limit: Option<u64>,
@@ -102,9 +113,12 @@ pub struct GetArgs {
     pub conn: ConnArgs,
     /// The alert's id.
     pub id: String,
-    /// Print JSON.
+    /// Print JSON on one line (the same as --format json).
     #[arg(long)]
     pub json: bool,
+    /// text (indented JSON), json, or cap (a CAP 1.2 XML document).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -122,9 +136,17 @@ pub struct HistoryArgs {
     /// Print at most this many alerts.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
-    /// Print one JSON object per line.
+    /// Print one JSON object per line (the same as --format json).
     #[arg(long)]
     pub json: bool,
+    /// text, json or cap (CAP 1.2 XML, one document per line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+/// `--json` is `--format json`.
+fn format(json: bool, format: Format) -> Format {
+    if json { Format::Json } else { format }
 }
 
 pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
@@ -144,7 +166,10 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
                 serde_json::from_str(&text).context("the alert is not valid JSON")?;
             alert_from_json(&value)?
         }
-        None => args.alert.to_alert()?,
+        None => match &args.cap {
+            Some(path) => alert_from_cap(path, &args.alert)?,
+            None => args.alert.to_alert()?,
+        },
     };
     let mut client = args.conn.connect().await?;
     let ack = client
@@ -225,15 +250,18 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<ExitCode> {
                 if args.limit.is_some_and(|l| received >= l) {
                     continue; // draining after the limit: not printed, not acknowledged
                 }
-                {
-                    let mut out = stdout.lock();
-                    if args.json {
+                let line = match format(args.json, args.format) {
+                    Format::Json => {
                         let mut v = record_json(&record);
                         v["attempt"] = json!(d.attempt);
-                        writeln!(out, "{v}")?;
-                    } else {
-                        writeln!(out, "{}", readable(&record))?;
+                        v.to_string()
                     }
+                    Format::Cap => document(&mut client, &record, Layout::OneLine).await?,
+                    Format::Text => readable(&record),
+                };
+                {
+                    let mut out = stdout.lock();
+                    writeln!(out, "{line}")?;
                     out.flush()?;
                 }
                 if let Some(tx) = &tx {
@@ -291,10 +319,10 @@ pub async fn get(args: GetArgs) -> Result<ExitCode> {
         .await
         .map_err(status_error)?
         .into_inner();
-    if args.json {
-        println!("{}", record_json(&record));
-    } else {
-        println!("{}", serde_json::to_string_pretty(&record_json(&record))?);
+    match format(args.json, args.format) {
+        Format::Json => println!("{}", record_json(&record)),
+        Format::Cap => println!("{}", document(&mut client, &record, Layout::Pretty).await?),
+        Format::Text => println!("{}", serde_json::to_string_pretty(&record_json(&record))?),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -327,10 +355,10 @@ pub async fn history(args: HistoryArgs) -> Result<ExitCode> {
             if printed == args.limit {
                 return Ok(ExitCode::SUCCESS);
             }
-            if args.json {
-                println!("{}", record_json(r));
-            } else {
-                println!("{}", readable(r));
+            match format(args.json, args.format) {
+                Format::Json => println!("{}", record_json(r)),
+                Format::Cap => println!("{}", document(&mut client, r, Layout::OneLine).await?),
+                Format::Text => println!("{}", readable(r)),
             }
             printed += 1;
         }

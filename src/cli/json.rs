@@ -206,6 +206,12 @@ pub fn alert_json(a: &pb::Alert) -> Value {
             "sha256": hex(&at.sha256),
             "description": at.description,
         })).collect::<Vec<_>>(),
+        "translations": a.translations.iter().map(|t| json!({
+            "language": t.language,
+            "headline": t.headline,
+            "description": t.description,
+            "instruction": t.instruction,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -276,10 +282,31 @@ pub fn alert_from_json(v: &Value) -> Result<pb::Alert> {
                     .map(|x| attachment_from_json(&f, x))
                     .collect::<Result<_>>()?
             }
+            "translations" => {
+                a.translations = array(&f, v)?
+                    .iter()
+                    .map(|x| translation_from_json(&f, x))
+                    .collect::<Result<_>>()?
+            }
             _ => bail!("{f}: unknown field"),
         }
     }
     Ok(a)
+}
+
+fn translation_from_json(field: &str, v: &Value) -> Result<pb::Translation> {
+    let mut t = pb::Translation::default();
+    for (k, v) in obj(field, v)? {
+        let f = format!("{field}.{k}");
+        match k.as_str() {
+            "language" => t.language = string(&f, v)?,
+            "headline" => t.headline = string(&f, v)?,
+            "description" => t.description = string(&f, v)?,
+            "instruction" => t.instruction = string(&f, v)?,
+            _ => bail!("{f}: unknown field"),
+        }
+    }
+    Ok(t)
 }
 
 fn parameter_from_json(field: &str, v: &Value) -> Result<pb::Parameter> {

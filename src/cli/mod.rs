@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod alert_args;
 mod bench;
+mod cap;
 mod client_cmds;
 pub mod config;
 mod conn;
