@@ -76,6 +76,8 @@ async fn broker_on(fs: &Tmpfs, reserve: u64) -> TestBroker {
         c.data_dir = data;
         c.store.wal.file_bytes = 2 * 1024 * 1024;
         c.store.min_free_bytes = reserve;
+        // A ballast in proportion to the 64 MiB disk.
+        c.store.ballast_bytes = 8 * 1024 * 1024;
         c.store.cache_bytes = 8 * 1024 * 1024;
     })
     .await
@@ -234,6 +236,9 @@ async fn a_disk_full_to_the_last_byte_refuses_with_resource_exhausted_loses_noth
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The store's ballast gave what sled still had to write its room.
+    let ballast = fs.path().join("store").join("ballast");
+    assert!(!ballast.exists(), "the ballast is released on a full disk");
     for ack in &acked {
         post.get_alert(pb::GetAlertRequest { id: ack.id.clone() })
             .await
@@ -255,6 +260,7 @@ async fn a_disk_full_to_the_last_byte_refuses_with_resource_exhausted_loses_noth
             .into_inner();
         assert_eq!(got.seq, ack.seq);
     }
+    assert!(ballast.exists(), "with room again, the ballast is back");
     let next = publish(&mut post, alert(pb::Category::Drugs, "after")).await;
     assert!(
         acked.iter().all(|a| a.seq < next.seq),

@@ -75,8 +75,11 @@ pub struct StoreConfig {
     /// Bytes of decoded records kept in memory for live feeds.
     pub recent_bytes: usize,
     /// New alerts are refused while the disk has less free space than this
-    /// (0: never; then a full disk stops the store's writes until restart).
+    /// (0: never).
     pub min_free_bytes: u64,
+    /// The ballast kept in the data directory and released when the disk
+    /// fills up underneath the store (module `space`; 0: none).
+    pub ballast_bytes: u64,
     pub wal: WalConfig,
     /// Faults to inject (tests of the failure paths); `None` in service.
     pub faults: Option<Arc<Faults>>,
@@ -89,6 +92,7 @@ impl Default for StoreConfig {
             max_batch: 4096,
             recent_bytes: 64 * 1024 * 1024,
             min_free_bytes: 256 * 1024 * 1024,
+            ballast_bytes: 32 * 1024 * 1024,
             wal: WalConfig::default(),
             faults: None,
         }
@@ -164,6 +168,11 @@ impl Store {
         let (db, log, feeds, links) = open_sled(dir, &config)?;
         check_identity(dir, &db, &log)?;
         let failed = Arc::new(Mutex::new(None));
+        let space = Arc::new(space::Space::new(
+            dir,
+            config.min_free_bytes,
+            config.ballast_bytes,
+        ));
         let (wal, recovered) = sled_guard(dir, || {
             wal::Wal::open(
                 dir,
@@ -172,6 +181,7 @@ impl Store {
                 config.wal,
                 failed.clone(),
                 config.faults.clone(),
+                space.clone(),
             )
         })?;
         let mut state = sled_guard(dir, || {
@@ -185,7 +195,6 @@ impl Store {
         let (receipts_tx, receipts) = watch::channel(0);
         let (writes_tx, writes) = watch::channel(Writes::Accepting);
         let writes_tx = Arc::new(writes_tx);
-        let space = Arc::new(space::Space::new(dir, config.min_free_bytes));
         let recent = Arc::new(Mutex::new(Recent::new(config.recent_bytes)));
         let (tx, rx) = mpsc::channel(config.max_batch * 2);
         if let Some(event) = recovery_event(&recovered, &loaded) {

@@ -8,7 +8,17 @@
 //! RESOURCE_EXHAUSTED and lets only what keeps the store working go on
 //! (audit records, receipts, cursors, outbox removals, retention, which
 //! frees space). Once there is room again, alerts are accepted again, with
-//! no restart. The check is a `statvfs`, at most every 100 ms.
+//! no restart. The check is a `statvfs`, at most every 5 ms.
+//!
+//! The reserve is a policy, and can be 0; the disk can also be filled by
+//! someone else faster than a check. So the store also keeps a **ballast**:
+//! a file of its own (`DATA/ballast`, 32 MiB by default, its blocks
+//! allocated) that it deletes the moment free space falls below half its
+//! size — before sled flushes (the checkpointer asks first) and before a
+//! group is applied — so that what sled still has to write finds room.
+//! While the ballast is gone, new alerts are refused; it is allocated again
+//! once the disk has room for it and the reserve (or half its size) above
+//! it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,30 +29,57 @@ use tracing::{error, info};
 use super::error::StoreError;
 
 /// How often free space is measured while alerts are being written.
-const EVERY: Duration = Duration::from_millis(100);
+const EVERY: Duration = Duration::from_millis(5);
+/// The ballast's file name in the data directory.
+pub const BALLAST: &str = "ballast";
 
 /// The disk as the writer and the readers see it; shared by both (a std
 /// mutex: held for a comparison and, at most every 100 ms, a `statvfs`).
 pub struct Space {
     dir: PathBuf,
     reserve: u64,
+    /// The ballast's size (0: none).
+    ballast: u64,
     state: Mutex<Measured>,
 }
 
 #[derive(Default)]
 struct Measured {
     checked: Option<Instant>,
-    /// Free bytes when last measured below the reserve.
+    /// Free bytes when last measured below the reserve (or while the
+    /// ballast is released).
     low: Option<u64>,
+    /// The ballast file is not there (released, or never made for want of
+    /// room).
+    released: bool,
 }
 
 impl Space {
-    pub fn new(dir: &Path, reserve: u64) -> Space {
-        Space {
+    /// The disk of `dir`, with a free-space `reserve` and a ballast of
+    /// `ballast` bytes, made now if it is not there.
+    pub fn new(dir: &Path, reserve: u64, ballast: u64) -> Space {
+        let space = Space {
             dir: dir.to_owned(),
             reserve,
+            ballast,
             state: Mutex::default(),
+        };
+        if ballast > 0 && !space.ballast_path().exists() {
+            let mut state = super::lock(&space.state);
+            state.released = true;
+            space.regain(&mut state);
         }
+        space
+    }
+
+    fn ballast_path(&self) -> PathBuf {
+        self.dir.join(BALLAST)
+    }
+
+    /// Measures now, releasing the ballast if the disk filled up: the
+    /// checkpointer calls it before sled flushes.
+    pub fn before_flush(&self) {
+        let _ = self.check(true);
     }
 
     pub fn reserve(&self) -> u64 {
@@ -59,7 +96,7 @@ impl Space {
     /// # Errors
     /// [`StoreError::LowDisk`] while free space is below the reserve.
     pub fn check(&self, now: bool) -> Result<(), StoreError> {
-        if self.reserve == 0 {
+        if self.reserve == 0 && self.ballast == 0 {
             return Ok(());
         }
         let mut state = super::lock(&self.state);
@@ -75,30 +112,91 @@ impl Space {
         match state.low {
             Some(free) => Err(StoreError::LowDisk {
                 free,
-                reserve: self.reserve,
+                reserve: self.needed(&state),
             }),
             None => Ok(()),
         }
     }
 
-    /// The current refusal, if any (as of the last measurement).
-    pub fn refusal(&self) -> Option<StoreError> {
-        super::lock(&self.state)
-            .low
-            .map(|free| StoreError::LowDisk {
-                free,
-                reserve: self.reserve,
-            })
+    /// Free space needed before alerts are accepted: the reserve, and
+    /// while the ballast is released, room for it and half of it above.
+    fn needed(&self, state: &Measured) -> u64 {
+        if self.ballast > 0 && state.released {
+            self.ballast + self.reserve.max(self.floor())
+        } else {
+            self.reserve
+        }
     }
 
-    fn observe(&self, state: &mut Measured, free: u64) {
+    /// The current refusal, if any (as of the last measurement).
+    pub fn refusal(&self) -> Option<StoreError> {
+        let state = super::lock(&self.state);
+        state.low.map(|free| StoreError::LowDisk {
+            free,
+            reserve: self.needed(&state),
+        })
+    }
+
+    /// Free space at which the ballast is released.
+    fn floor(&self) -> u64 {
+        self.ballast / 2
+    }
+
+    /// Deletes the ballast (the disk filled up underneath the store).
+    fn release(&self, state: &mut Measured) {
+        match std::fs::remove_file(self.ballast_path()) {
+            Ok(()) => error!(
+                dir = %self.dir.display(),
+                ballast = self.ballast,
+                "the disk is nearly full: the store's ballast is released so that what is written finds room; new alerts are refused until there is room again"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => error!(error = %e, "cannot release the store's ballast"),
+        }
+        state.released = true;
+    }
+
+    /// Allocates the ballast again when there is room for it and the
+    /// margin above it.
+    fn regain(&self, state: &mut Measured) {
+        let Ok(free) = free_bytes(&self.dir) else {
+            return;
+        };
+        if free < self.ballast + self.reserve.max(self.floor()) {
+            return;
+        }
+        let made = std::fs::File::create(self.ballast_path())
+            .and_then(|f| super::wal::allocate(&f, self.ballast).and_then(|()| f.sync_all()));
+        match made {
+            Ok(()) => {
+                info!(dir = %self.dir.display(), ballast = self.ballast, "the store's ballast is allocated");
+                state.released = false;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(self.ballast_path());
+                tracing::warn!(error = %e, "cannot allocate the store's ballast yet");
+            }
+        }
+    }
+
+    fn observe(&self, state: &mut Measured, mut free: u64) {
+        if self.ballast > 0 {
+            if !state.released && free < self.floor() {
+                self.release(state);
+                free = free_bytes(&self.dir).unwrap_or(free);
+            } else if state.released {
+                self.regain(state);
+                free = free_bytes(&self.dir).unwrap_or(free);
+            }
+        }
         metrics::gauge!(crate::metrics::DISK_FREE_BYTES).set(free as f64);
-        match (state.low, free < self.reserve) {
+        let low = free < self.reserve || (self.ballast > 0 && state.released);
+        match (state.low, low) {
             (None, true) => error!(
                 free,
-                reserve = self.reserve,
+                needed = self.needed(state),
                 dir = %self.dir.display(),
-                "free disk space below the reserve: new alerts are refused until there is room"
+                "free disk space below what the store needs: new alerts are refused until there is room"
             ),
             (Some(_), false) => info!(
                 free,
@@ -107,7 +205,7 @@ impl Space {
             ),
             _ => {}
         }
-        state.low = (free < self.reserve).then_some(free);
+        state.low = low.then_some(free);
     }
 }
 
@@ -137,9 +235,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
-        let none = Space::new(dir.path(), 0);
+        let none = Space::new(dir.path(), 0, 0);
         assert!(none.check(true).is_ok());
-        let space = Space::new(dir.path(), 1 << 20);
+        let space = Space::new(dir.path(), 1 << 20, 0);
         {
             let mut state = space.state.lock().unwrap();
             space.observe(&mut state, 1 << 10);

@@ -161,6 +161,9 @@ impl Writer {
             let refused = StoreError::Failed(Arc::new(cause));
             return refuse(commands, &refused);
         }
+        // Every group is applied to sled, which may then write: a disk that
+        // filled up underneath gets the ballast's room first.
+        let _ = self.space.check(false);
         let (saved, saved_chain) = (self.state, self.chain.clone());
         let (mut group, stop) = self.stage(commands, &saved);
         if let Err(e) = self.write_ahead(&mut group) {

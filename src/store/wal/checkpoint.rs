@@ -105,6 +105,21 @@ pub fn decode(v: Option<&[u8]>) -> Result<Checkpoint, String> {
     Ok(ck)
 }
 
+/// What the checkpointer thread works with (the store holds the other
+/// ends: the writer sends [`Request`]s, readers share the database).
+pub struct Checkpointer {
+    pub every: Duration,
+    pub db: sled::Db,
+    pub log: sled::Tree,
+    /// Checkpointed files go here for reuse.
+    pub spare: Arc<Mutex<Vec<(u32, PathBuf)>>>,
+    pub shared: Arc<Shared>,
+    pub failed: Arc<Mutex<Option<StoreError>>>,
+    /// Measured before each flush (the ballast gives sled room on a disk
+    /// that filled up).
+    pub space: Arc<crate::store::space::Space>,
+}
+
 /// The checkpointer thread: on request (and every `every`) records the
 /// newest fully applied LSN and flushes sled; returns checkpointed files to
 /// `spare`.
@@ -114,15 +129,17 @@ pub fn decode(v: Option<&[u8]>) -> Result<Checkpoint, String> {
 /// group's record (written before it was applied) must then be on disk too,
 /// so that a power cut cannot leave part of a group without the record
 /// that completes it.
-pub fn run(
-    every: Duration,
-    db: &sled::Db,
-    log: &sled::Tree,
-    rx: &Receiver<Request>,
-    spare: &Mutex<Vec<(u32, PathBuf)>>,
-    shared: &Shared,
-    failed: &Mutex<Option<StoreError>>,
-) {
+pub fn run(ck: &Checkpointer, rx: &Receiver<Request>) {
+    let Checkpointer {
+        every,
+        db,
+        log,
+        spare,
+        shared,
+        failed,
+        space,
+    } = ck;
+    let every = *every;
     let mut recorded: Option<[u8; 13]> = None;
     let mut flushed_through = None;
     loop {
@@ -157,6 +174,8 @@ pub fn run(
             .map_err(|e| StoreError::io("syncing the write-ahead log", e))
             .and_then(|()| {
                 shared.synced_through(through);
+                // A disk filled underneath: the ballast gives sled room.
+                space.before_flush();
                 if recorded != Some(value) {
                     log.insert(keys::META_WAL_CHECKPOINT, &value)
                         .map_err(|e| StoreError::sled("checkpoint", e))?;

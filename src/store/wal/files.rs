@@ -91,7 +91,7 @@ pub(super) fn open_file(path: &Path, size: u64) -> Result<File, StoreError> {
 
 /// Gives the file its full size, with its blocks allocated where the file
 /// system can (so that no later write into it can find the disk full).
-fn allocate(file: &File, size: u64) -> std::io::Result<()> {
+pub(crate) fn allocate(file: &File, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
     // SAFETY: fallocate only reads its integer arguments; the descriptor

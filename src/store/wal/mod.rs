@@ -31,6 +31,7 @@
 
 mod checkpoint;
 mod files;
+pub(crate) use files::allocate;
 mod frame;
 mod recovery;
 
@@ -184,6 +185,7 @@ impl Wal {
         config: WalConfig,
         failed: Arc<Mutex<Option<StoreError>>>,
         faults: Option<Arc<Faults>>,
+        space: Arc<crate::store::space::Space>,
     ) -> Result<(Wal, Recovered), StoreError> {
         let dir = data.join("wal");
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(dir.display().to_string(), e))?;
@@ -229,26 +231,18 @@ impl Wal {
         let spare = Arc::new(Mutex::new(spare));
         let (tx, rx) = channel();
         let checkpointer = {
-            let (db, log, spare, shared, failed) = (
-                db.clone(),
-                log.clone(),
-                spare.clone(),
-                shared.clone(),
-                failed.clone(),
-            );
+            let ck = checkpoint::Checkpointer {
+                every: config.checkpoint_every,
+                db: db.clone(),
+                log: log.clone(),
+                spare: spare.clone(),
+                shared: shared.clone(),
+                failed: failed.clone(),
+                space,
+            };
             std::thread::Builder::new()
                 .name("liaison-store-ckpt".into())
-                .spawn(move || {
-                    checkpoint::run(
-                        config.checkpoint_every,
-                        &db,
-                        &log,
-                        &rx,
-                        &spare,
-                        &shared,
-                        &failed,
-                    )
-                })
+                .spawn(move || checkpoint::run(&ck, &rx))
                 .map_err(|e| StoreError::io("starting the checkpointer thread", e))?
         };
         let wal = Wal {

@@ -23,7 +23,8 @@ fn open_with(dir: &Path, config: WalConfig) -> Result<(sled::Db, sled::Tree, Wal
         }
     };
     let log = db.open_tree("log").unwrap();
-    let (wal, _) = Wal::open(dir, &db, &log, config, Arc::default(), None)?;
+    let space = Arc::new(crate::store::space::Space::new(dir, 0, 0));
+    let (wal, _) = Wal::open(dir, &db, &log, config, Arc::default(), None, space)?;
     Ok((db, log, wal))
 }
 
