@@ -19,7 +19,9 @@
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`federation`] | links between national brokers: export cursors, signed alerts, verified imports |
 //! | [`client`] | connecting to a broker as a node |
+//! | [`json`] | the JSON form of alerts (command line, console) |
 //! | [`cap`] | OASIS CAP 1.2 documents in (to publish) and out (from stored alerts) |
+//! | [`gazetteer`] | the region's border crossings, agencies and borders (the demo, the console's map) |
 //! | [`flaky`] | a TCP proxy that cuts, stalls and black-holes links on command (the demo, the tests) |
 //!
 //! The `liaison` binary (`src/main.rs`) holds the command line (`cli`), the
@@ -49,8 +51,10 @@ pub mod client;
 pub mod federation;
 pub mod filter;
 pub mod flaky;
+pub mod gazetteer;
 pub mod grpc;
 pub mod identity;
+pub mod json;
 pub mod marking;
 pub mod metrics;
 pub mod pki;

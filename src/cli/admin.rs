@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::client_cmds::status_error;
 use super::conn::ConnArgs;
-use super::json::time_json;
+use liaison::json::time_json;
 use liaison::proto as pb;
 
 #[derive(Debug, Subcommand)]

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::alert_args::parse_duration;
 use super::client_cmds::{FilterArgs, status_error};
-use super::json::time_json;
 use super::serve::on_signal;
 use liaison::agent::{self, AgentConfig};
+use liaison::json::time_json;
 use liaison::proto as pb;
 use liaison::store::OutboxLimits;
 use liaison::tls::TlsFiles;

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use super::json::{parse_enum, parse_time};
 use liaison::alert::timestamp;
+use liaison::json::{parse_enum, parse_time};
 use liaison::proto as pb;
 
 #[derive(Debug, Clone, Default, Args)]
@@ -194,7 +194,7 @@ impl AlertArgs {
 fn parse_expiry(s: &str, now: SystemTime) -> Result<prost_types::Timestamp> {
     match humantime::parse_duration(s) {
         Ok(d) => Ok(timestamp(now + d)),
-        Err(_) => parse_time("--expires", s),
+        Err(_) => Ok(parse_time("--expires", s)?),
     }
 }
 

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use tonic::transport::Channel;
 
 use super::alert_args::AlertArgs;
-use super::json::parse_enum;
 use liaison::cap::{self, Layout};
+use liaison::json::parse_enum;
 use liaison::proto as pb;
 use liaison::proto::broker_client::BrokerClient;
 

@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::alert_args::{AlertArgs, parse_duration};
 use super::cap::{Format, alert_from_cap, document};
 use super::conn::ConnArgs;
-use super::json::{alert_from_json, parse_enum, parse_time, record_json, short, time_json};
 use liaison::cap::Layout;
+use liaison::json::{alert_from_json, parse_enum, parse_time, record_json, short, time_json};
 use liaison::proto as pb;
 
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ impl FilterArgs {
                 .categories
                 .iter()
                 .map(|c| parse_enum::<pb::Category>("--category", c))
-                .collect::<Result<_>>()?,
+                .collect::<Result<_, _>>()?,
             min_severity: self
                 .min_severity
                 .as_deref()

@@ -9,7 +9,6 @@ mod cap;
 mod client_cmds;
 pub mod config;
 mod conn;
-pub mod json;
 mod peers;
 mod serve;
 mod sharing;

@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::client_cmds::status_error;
 use super::conn::ConnArgs;
-use super::json::{hex, parse_time, time_json};
 use liaison::alert::{micros, system_time};
 use liaison::audit::{self, AuditRecord};
+use liaison::json::{hex, parse_time, time_json};
 use liaison::proto as pb;
 use liaison::store::{Store, StoreConfig};
 

@@ -7,8 +7,9 @@ use std::time::SystemTime;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 
-use super::{Post, Sent, gazetteer};
+use super::{Post, Sent};
 use liaison::alert::timestamp;
+use liaison::gazetteer;
 use liaison::identity::NodeId;
 use liaison::proto as pb;
 
@@ -19,8 +20,8 @@ use liaison::proto as pb;
 pub(super) fn make_alert(post: &Post, rng: &mut impl Rng) -> (pb::Alert, Sent) {
     let x = post.crossing;
     let n: u32 = rng.random_range(2..60);
-    let (category, template) = *gazetteer::REPORTS.choose(rng).expect("non-empty");
-    let headline = gazetteer::report(template, n, x.name);
+    let (category, template) = *REPORTS.choose(rng).expect("non-empty");
+    let headline = report(template, n, x.name);
     let tlp = *[
         pb::Tlp::Clear,
         pb::Tlp::Green,
@@ -118,4 +119,48 @@ pub(super) fn make_alert(post: &Post, rng: &mut impl Rng) -> (pb::Alert, Sent) {
         recipients,
     };
     (alert, sent)
+}
+
+/// What the demo's posts report, by category: `{n}` stands for a count,
+/// `{at}` for the crossing's name.
+pub const REPORTS: &[(pb::Category, &str)] = &[
+    (
+        pb::Category::Drugs,
+        "{n} kg of heroin hidden in a lorry at {at}",
+    ),
+    (pb::Category::Drugs, "Opium seizure near {at}"),
+    (
+        pb::Category::Arms,
+        "Rifles and ammunition in transit cargo at {at}",
+    ),
+    (
+        pb::Category::Cbrn,
+        "Radiation portal alarm on a lorry at {at}",
+    ),
+    (
+        pb::Category::Terrorism,
+        "Suspected foreign terrorist fighter at {at}",
+    ),
+    (
+        pb::Category::HumanSmuggling,
+        "{n} migrants found in a smuggler's van near {at}",
+    ),
+    (
+        pb::Category::Migration,
+        "Group of {n} people waiting to cross at {at}",
+    ),
+    (
+        pb::Category::DocumentFraud,
+        "Forged passports detected at {at}",
+    ),
+    (
+        pb::Category::Health,
+        "Fever screening at {at} after an outbreak report",
+    ),
+    (pb::Category::Other, "Unusual activity reported near {at}"),
+];
+
+/// A report's headline: `template` with its count and place filled in.
+pub fn report(template: &str, n: u32, at: &str) -> String {
+    template.replace("{n}", &n.to_string()).replace("{at}", at)
 }

@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::gazetteer::{self, AGENCIES, NEIGHBOURS};
 use super::{
     DemoConfig, DemoResult, Home, Homes, Office, Post, Sent, Tally, Verdict, catch_up, drain,
     judge, publish_for, start_offices, start_posts,
@@ -29,6 +28,7 @@ use super::{
 use liaison::client;
 use liaison::federation::{OriginConfig, PeerConfig};
 use liaison::flaky::{FlakyProxy, Mode};
+use liaison::gazetteer::{self, AGENCIES, NEIGHBOURS};
 use liaison::identity::{CountryCode, NodeId};
 use liaison::pki;
 use liaison::proto as pb;

@@ -1,6 +1,6 @@
 //! `liaison demo`: a simulated region in one process, to train staff and to
 //! check a build. A broker; the six countries of the region with posts at
-//! real border crossings ([`gazetteer`]), each post behind an agent on a
+//! real border crossings ([`liaison::gazetteer`]), each post behind an agent on a
 //! link that drops and stalls at random ([`liaison::flaky`]); a liaison
 //! office per country following a feed with its own filter; realistic
 //! alerts across categories and markings ([`alerts`]). With `--federated`
@@ -17,7 +17,6 @@
 
 mod alerts;
 mod federated;
-pub mod gazetteer;
 mod judge;
 
 use std::collections::{HashMap, HashSet};
@@ -33,11 +32,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use alerts::make_alert;
-use gazetteer::{AGENCIES, Crossing};
 use judge::judge;
 use liaison::agent::{self, AgentConfig};
 use liaison::client;
 use liaison::flaky::{FlakyProxy, Mode};
+use liaison::gazetteer::{self, AGENCIES, Crossing};
 use liaison::identity::NodeId;
 use liaison::pki;
 use liaison::proto as pb;

@@ -1,9 +1,8 @@
-//! A small gazetteer of the region for the simulated region of `liaison
-//! demo`: border crossings (coordinates approximate, WGS84, to about a
-//! kilometre, for simulation only), the agencies of each country, and what
-//! their posts report.
-
-use liaison::proto as pb;
+//! A small gazetteer of the region: border crossings (coordinates
+//! approximate, WGS84, to about a kilometre), the border agency of each
+//! country and the land borders between them. The simulated region of
+//! `liaison demo` is built on it, and the officer's console shows the
+//! crossings on its map.
 
 /// One border crossing point.
 #[derive(Debug, Clone, Copy)]
@@ -201,48 +200,4 @@ pub const CROSSINGS: &[Crossing] = &[
 /// The crossings of one country.
 pub fn of(country: &str) -> impl Iterator<Item = &'static Crossing> {
     CROSSINGS.iter().filter(move |c| c.country == country)
-}
-
-/// What the demo's posts report, by category: `{n}` stands for a count,
-/// `{at}` for the crossing's name.
-pub const REPORTS: &[(pb::Category, &str)] = &[
-    (
-        pb::Category::Drugs,
-        "{n} kg of heroin hidden in a lorry at {at}",
-    ),
-    (pb::Category::Drugs, "Opium seizure near {at}"),
-    (
-        pb::Category::Arms,
-        "Rifles and ammunition in transit cargo at {at}",
-    ),
-    (
-        pb::Category::Cbrn,
-        "Radiation portal alarm on a lorry at {at}",
-    ),
-    (
-        pb::Category::Terrorism,
-        "Suspected foreign terrorist fighter at {at}",
-    ),
-    (
-        pb::Category::HumanSmuggling,
-        "{n} migrants found in a smuggler's van near {at}",
-    ),
-    (
-        pb::Category::Migration,
-        "Group of {n} people waiting to cross at {at}",
-    ),
-    (
-        pb::Category::DocumentFraud,
-        "Forged passports detected at {at}",
-    ),
-    (
-        pb::Category::Health,
-        "Fever screening at {at} after an outbreak report",
-    ),
-    (pb::Category::Other, "Unusual activity reported near {at}"),
-];
-
-/// A report's headline: `template` with its count and place filled in.
-pub fn report(template: &str, n: u32, at: &str) -> String {
-    template.replace("{n}", &n.to_string()).replace("{at}", at)
 }

@@ -1,18 +1,33 @@
-//! The CLI's JSON form of alerts: protobuf field names, enum values as short
-//! lower-case names (`"drugs"`, `"amber_strict"`), times as RFC 3339 UTC,
-//! attachment content as base64 and digests as hex. `liaison publish --json`
-//! reads the same shape (enum values may also be given by their full
-//! protobuf names, e.g. `"CATEGORY_DRUGS"`).
+//! The JSON form of alerts shared by the command line and the officer's
+//! console: protobuf field names, enum values as short lower-case names
+//! (`"drugs"`, `"amber_strict"`), times as RFC 3339 UTC, attachment
+//! content as base64 and digests as hex. `liaison publish --json` and the
+//! console's compose form read the same shape (enum values may also be
+//! given by their full protobuf names, e.g. `"CATEGORY_DRUGS"`).
 
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
-use liaison::alert::{system_time, timestamp};
-use liaison::proto as pb;
+use crate::alert::{system_time, timestamp};
+use crate::proto as pb;
+
+/// JSON that is not an alert: `"<field>: <rule>"`, the field path first,
+/// as the broker names a refused field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JsonError(String);
+
+impl JsonError {
+    /// The path of the field the error names (`alert.marking.tlp`).
+    pub fn field(&self) -> &str {
+        self.0.split_once(": ").map_or("", |(f, _)| f)
+    }
+}
+
+type Result<T> = std::result::Result<T, JsonError>;
 
 /// An enum of the proto whose names share a prefix.
 pub trait ProtoEnum: Sized + Copy {
@@ -70,7 +85,10 @@ pub fn parse_enum<E: ProtoEnum + Into<i32>>(field: &str, s: &str) -> Result<i32>
     };
     match E::from_full_name(&full) {
         Some(e) if full != format!("{}UNSPECIFIED", E::PREFIX) => Ok(e.into()),
-        _ => bail!("{field}: `{s}` is not one of {}", names::<E>()),
+        _ => Err(JsonError(format!(
+            "{field}: `{s}` is not one of {}",
+            names::<E>()
+        ))),
     }
 }
 
@@ -97,8 +115,10 @@ pub fn time_json(ts: &Option<prost_types::Timestamp>) -> Value {
 /// # Errors
 /// When the text is not such a time.
 pub fn parse_time(field: &str, s: &str) -> Result<prost_types::Timestamp> {
-    let t: SystemTime = humantime::parse_rfc3339_weak(s).with_context(|| {
-        format!("{field}: `{s}` is not an RFC 3339 time such as 2026-11-28T10:00:00Z")
+    let t: SystemTime = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        JsonError(format!(
+            "{field}: `{s}` is not an RFC 3339 time such as 2026-11-28T10:00:00Z"
+        ))
     })?;
     Ok(timestamp(t))
 }
@@ -221,12 +241,15 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn unhex(field: &str, s: &str) -> Result<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
-        bail!("{field}: hex text must have an even length");
+        return Err(JsonError(format!(
+            "{field}: hex text must have an even length"
+        )));
     }
     (0..s.len())
         .step_by(2)
         .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| anyhow!("{field}: `{s}` is not hex"))
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .map_err(|_| JsonError(format!("{field}: `{s}` is not hex")))
         })
         .collect()
 }
@@ -288,7 +311,7 @@ pub fn alert_from_json(v: &Value) -> Result<pb::Alert> {
                     .map(|x| translation_from_json(&f, x))
                     .collect::<Result<_>>()?
             }
-            _ => bail!("{f}: unknown field"),
+            _ => return Err(JsonError(format!("{f}: unknown field"))),
         }
     }
     Ok(a)
@@ -303,7 +326,7 @@ fn translation_from_json(field: &str, v: &Value) -> Result<pb::Translation> {
             "headline" => t.headline = string(&f, v)?,
             "description" => t.description = string(&f, v)?,
             "instruction" => t.instruction = string(&f, v)?,
-            _ => bail!("{f}: unknown field"),
+            _ => return Err(JsonError(format!("{f}: unknown field"))),
         }
     }
     Ok(t)
@@ -329,15 +352,15 @@ fn parameter_from_json(field: &str, v: &Value) -> Result<pb::Parameter> {
         Some(PV::Text(string(field, t)?))
     } else if let Some(n) = o.get("integer") {
         Some(PV::Integer(n.as_i64().ok_or_else(|| {
-            anyhow!("{field}.integer: must be an integer")
+            JsonError(format!("{field}.integer: must be an integer"))
         })?))
     } else if let Some(n) = o.get("number") {
         Some(PV::Number(n.as_f64().ok_or_else(|| {
-            anyhow!("{field}.number: must be a number")
+            JsonError(format!("{field}.number: must be a number"))
         })?))
     } else if let Some(b) = o.get("flag") {
         Some(PV::Flag(b.as_bool().ok_or_else(|| {
-            anyhow!("{field}.flag: must be true or false")
+            JsonError(format!("{field}.flag: must be true or false"))
         })?))
     } else {
         None
@@ -350,7 +373,7 @@ fn point_from_json(field: &str, v: &Value) -> Result<pb::Point> {
     let num = |k: &str| {
         o.get(k)
             .and_then(Value::as_f64)
-            .ok_or_else(|| anyhow!("{field}.{k}: must be a number"))
+            .ok_or_else(|| JsonError(format!("{field}.{k}: must be a number")))
     };
     Ok(pb::Point {
         latitude: num("latitude")?,
@@ -433,7 +456,7 @@ fn attachment_from_json(field: &str, v: &Value) -> Result<pb::Attachment> {
     };
     let content = B64
         .decode(s("content")?)
-        .with_context(|| format!("{field}.content: must be base64"))?;
+        .map_err(|_| JsonError(format!("{field}.content: must be base64")))?;
     let sha256 = match s("sha256")?.as_str() {
         "" => <sha2::Sha256 as sha2::Digest>::digest(&content).to_vec(),
         h => unhex(&format!("{field}.sha256"), h)?,
@@ -456,19 +479,19 @@ fn opt_enum<E: ProtoEnum + Into<i32>>(field: &str, v: Option<&Value>) -> Result<
 
 fn obj<'a>(field: &str, v: &'a Value) -> Result<&'a Map<String, Value>> {
     v.as_object()
-        .ok_or_else(|| anyhow!("{field}: must be a JSON object"))
+        .ok_or_else(|| JsonError(format!("{field}: must be a JSON object")))
 }
 
 fn array<'a>(field: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
     v.as_array()
-        .ok_or_else(|| anyhow!("{field}: must be a JSON array"))
+        .ok_or_else(|| JsonError(format!("{field}: must be a JSON array")))
 }
 
 fn string(field: &str, v: &Value) -> Result<String> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
-        _ => bail!("{field}: must be a string"),
+        _ => Err(JsonError(format!("{field}: must be a string"))),
     }
 }
 
