@@ -10,7 +10,7 @@ use crate::proto::broker_client::BrokerClient;
 use crate::tls::TlsFiles;
 
 /// Largest response a client accepts (an alert is at most a few hundred KiB).
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -58,6 +58,7 @@ proto_enum! {
     pb::Tlp => "TLP_",
     pb::SourceReliability => "SOURCE_RELIABILITY_",
     pb::InformationAccuracy => "INFORMATION_ACCURACY_",
+    pb::ReceiptKind => "RECEIPT_KIND_",
 }
 
 /// `CATEGORY_DRUGS` → `drugs`.
@@ -121,6 +122,18 @@ pub fn parse_time(field: &str, s: &str) -> Result<prost_types::Timestamp> {
         ))
     })?;
     Ok(timestamp(t))
+}
+
+/// A receipt: who received or acknowledged an alert, when, with the note.
+pub fn receipt_json(r: &pb::Receipt) -> Value {
+    json!({
+        "alert_id": r.alert_id,
+        "kind": short::<pb::ReceiptKind>(r.kind),
+        "recipient": r.recipient.as_ref().map(|o| o.urn.clone()),
+        "feed": r.feed,
+        "at": time_json(&r.at),
+        "note": r.note,
+    })
 }
 
 pub fn record_json(r: &pb::AlertRecord) -> Value {

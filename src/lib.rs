@@ -19,6 +19,7 @@
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`federation`] | links between national brokers: export cursors, signed alerts, verified imports |
 //! | [`client`] | connecting to a broker as a node |
+//! | [`console`] | `liaison console`: the officer's web page, served on loopback as the officer's node |
 //! | [`json`] | the JSON form of alerts (command line, console) |
 //! | [`cap`] | OASIS CAP 1.2 documents in (to publish) and out (from stored alerts) |
 //! | [`gazetteer`] | the region's border crossings, agencies and borders (the demo, the console's map) |
@@ -48,6 +49,7 @@ pub mod audit;
 pub mod broker;
 pub mod cap;
 pub mod client;
+pub mod console;
 pub mod federation;
 pub mod filter;
 pub mod flaky;

@@ -9,6 +9,7 @@ mod cap;
 mod client_cmds;
 pub mod config;
 mod conn;
+mod console;
 mod peers;
 mod serve;
 mod sharing;
@@ -82,6 +83,10 @@ pub enum Command {
     Admin(admin::AdminView),
     /// Check that a broker or agent is serving (gRPC health; exit 0 when it is).
     Health(admin::HealthArgs),
+    /// The liaison officer's web page, on loopback: live feed, map, detail,
+    /// acknowledge, search, compose (prints the address to open, with a
+    /// one-time token).
+    Console(console::ConsoleArgs),
     /// A simulated region: a broker (or, with --federated, one per country,
     /// linked along the borders), six countries' posts behind flaky links,
     /// liaison offices' feeds; ends with `verdict: published N, delivered N,
@@ -228,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(args) => admin::run(args).await,
         Command::Config(ConfigCommand::Check { file, kind }) => check_config(&file, kind),
         Command::Health(args) => admin::health(args).await,
+        Command::Console(args) => console::run(args).await,
         Command::Receipts(args) => sharing::receipts(args).await,
         Command::Policy(cmd) => sharing::policy(cmd).await,
         Command::Audit(cmd) => sharing::audit(cmd).await,

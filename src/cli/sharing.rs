@@ -12,7 +12,7 @@ use super::client_cmds::status_error;
 use super::conn::ConnArgs;
 use liaison::alert::{micros, system_time};
 use liaison::audit::{self, AuditRecord};
-use liaison::json::{hex, parse_time, time_json};
+use liaison::json::{hex, parse_time, receipt_json, time_json};
 use liaison::proto as pb;
 use liaison::store::{Store, StoreConfig};
 
@@ -172,17 +172,6 @@ fn print_change(change: &pb::PolicyChange) {
     for c in &change.changed {
         println!("  ~ {c}");
     }
-}
-
-fn receipt_json(r: &pb::Receipt) -> serde_json::Value {
-    json!({
-        "alert_id": r.alert_id,
-        "kind": pb::ReceiptKind::try_from(r.kind).map(|k| k.as_str_name().trim_start_matches("RECEIPT_KIND_").to_ascii_lowercase()).unwrap_or_default(),
-        "recipient": r.recipient.as_ref().map(|o| o.urn.clone()),
-        "feed": r.feed,
-        "at": time_json(&r.at),
-        "note": r.note,
-    })
 }
 
 pub async fn ack(args: AckArgs) -> Result<ExitCode> {

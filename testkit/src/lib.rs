@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 mod agent;
+pub mod console;
 pub mod federation;
 mod process;
 pub use agent::{TestAgent, agent_status};
