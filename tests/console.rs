@@ -386,3 +386,70 @@ async fn in_front_of_a_posts_agent_it_shows_the_link_and_queues_and_publishes_th
     .await;
     let _ = &mut office;
 }
+
+#[tokio::test]
+async fn every_string_of_the_page_is_in_english_and_russian() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console/assets");
+    let i18n = std::fs::read_to_string(dir.join("i18n.js")).expect("i18n.js");
+    let dictionary = |name: &str| -> std::collections::BTreeSet<String> {
+        let start = i18n.find(&format!("const {name} = {{")).expect(name);
+        let end = start + i18n[start..].find("\n};").expect("end");
+        i18n[start..end]
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('"'))
+            .filter_map(|l| l.split_once("\":").map(|(k, _)| k.to_owned()))
+            .collect()
+    };
+    let (en, ru) = (dictionary("en"), dictionary("ru"));
+    assert!(en.len() > 100);
+    assert_eq!(en, ru, "the same keys in both languages");
+    // Every key the scripts name literally is there.
+    for file in ["app.js", "compose.js", "map.js"] {
+        let js = std::fs::read_to_string(dir.join(file)).expect("script");
+        for (at, _) in js.match_indices("t(\"") {
+            let before = js[..at].chars().next_back().unwrap_or(' ');
+            if before.is_alphanumeric() || before == '_' || before == '.' {
+                continue; // split(":"), not t(…)
+            }
+            let key = js[at + 3..].split('"').next().unwrap_or("");
+            assert!(en.contains(key), "{file}: t(\"{key}\") has no text");
+        }
+    }
+    // And the enumerations the scripts name by pattern.
+    for (prefix, values) in [
+        (
+            "category",
+            &[
+                "drugs",
+                "arms",
+                "cbrn",
+                "terrorism",
+                "human_smuggling",
+                "migration",
+                "document_fraud",
+                "health",
+                "other",
+            ][..],
+        ),
+        (
+            "severity",
+            &["extreme", "severe", "moderate", "minor", "unknown"],
+        ),
+        (
+            "urgency",
+            &["immediate", "expected", "future", "past", "unknown"],
+        ),
+        (
+            "certainty",
+            &["observed", "likely", "possible", "unlikely", "unknown"],
+        ),
+        ("status", &["actual", "exercise", "test"]),
+        ("msg_type", &["alert", "update", "cancel"]),
+        ("tlp", &["clear", "green", "amber", "amber_strict", "red"]),
+        ("receipt", &["delivered", "acknowledged"]),
+    ] {
+        for v in values {
+            assert!(en.contains(&format!("{prefix}.{v}")), "{prefix}.{v}");
+        }
+    }
+}
