@@ -23,6 +23,7 @@
 //! | [`json`] | the JSON form of alerts (command line, console) |
 //! | [`cap`] | OASIS CAP 1.2 documents in (to publish) and out (from stored alerts) |
 //! | [`gazetteer`] | the region's border crossings, agencies and borders (the demo, the console's map) |
+//! | [`linkem`] | an emulated satellite, 3G or radio link between two network namespaces, at packet level (the link bench and tests) |
 //! | [`flaky`] | a TCP proxy that cuts, stalls and black-holes links on command (the demo, the tests) |
 //!
 //! The `liaison` binary (`src/main.rs`) holds the command line (`cli`), the
@@ -57,6 +58,7 @@ pub mod gazetteer;
 pub mod grpc;
 pub mod identity;
 pub mod json;
+pub mod linkem;
 pub mod marking;
 pub mod metrics;
 pub mod pki;

@@ -52,7 +52,9 @@ pub(super) async fn run(
     let mut backoff = Backoff::new(&config);
     loop {
         // A fresh connection per session (see the uplink).
-        let client = BrokerClient::new(endpoint.connect_lazy());
+        // Deliveries come gzip-compressed where upstream compresses.
+        let client = BrokerClient::new(endpoint.connect_lazy())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let problem = match session(
             &broker,
             client,

@@ -29,6 +29,23 @@ pub struct LinkConfig {
     /// Alerts sent at first on a new connection; doubled with every round
     /// of answers up to `window` (slow start).
     pub first_window: usize,
+    /// Longest wait between attempts while the network is down (not after
+    /// a refusal, which waits `backoff_max`): a post's link that comes back
+    /// is used within seconds, for the price of a dropped SYN meanwhile.
+    pub down_retry_max: Duration,
+    /// How long a TCP connection attempt waits for an answer. The kernel
+    /// sends the SYN again after 1 s, then 3 s: a link that comes up in
+    /// between waits for the next SYN. With 2 s and `down_retry_max` 1 s,
+    /// a SYN leaves at least every 1.5 s (docs/links.md); one answered
+    /// within 2 s still connects (a radio link's round trip is 1 s).
+    pub connect_timeout: Duration,
+    /// Bytes in flight at least; above it, about twice what the link
+    /// carries in a round trip (`agent::pacing`).
+    pub min_in_flight_bytes: usize,
+    /// gzip-compress requests upstream (when upstream takes gzip): about
+    /// 40 % fewer bytes on a post's link, for CPU that a fast link does not
+    /// need to spend (a loopback drain runs about a quarter slower).
+    pub compress: bool,
 }
 
 impl Default for LinkConfig {
@@ -41,6 +58,10 @@ impl Default for LinkConfig {
             ack_timeout: Duration::from_secs(30),
             window: 1024,
             first_window: 16,
+            down_retry_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            min_in_flight_bytes: super::pacing::FLOOR,
+            compress: true,
         }
     }
 }
@@ -106,6 +127,19 @@ pub async fn open<T>(
     config: &LinkConfig,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, Problem> {
+    open_response(config, call)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// As [`open`], with the answer's headers.
+///
+/// # Errors
+/// The problem, classified.
+pub async fn open_response<T>(
+    config: &LinkConfig,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, Problem> {
     tokio::time::timeout(config.ack_timeout, call)
         .await
         .map_err(|_| {
@@ -114,7 +148,6 @@ pub async fn open<T>(
                 config.ack_timeout
             ))
         })?
-        .map(tonic::Response::into_inner)
         .map_err(|s| Problem::of(&s))
 }
 
@@ -157,6 +190,11 @@ pub struct LinkStatus {
 pub struct Link {
     status: Arc<Mutex<LinkStatus>>,
     upstream: Arc<str>,
+    /// Whether upstream takes gzip-compressed requests: assumed (a
+    /// Liaison broker does) until an answer's `grpc-accept-encoding` says
+    /// otherwise; an upstream that does not is then sent plain requests
+    /// from the next session on.
+    gzip: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Link {
@@ -169,6 +207,34 @@ impl Link {
                 reconnects: 0,
             })),
             upstream: upstream.into(),
+            gzip: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether requests upstream are gzip-compressed.
+    pub fn upstream_accepts_gzip(&self) -> bool {
+        self.gzip.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes what the headers of an answer to a publish say upstream
+    /// accepts; headers that say nothing change nothing.
+    pub fn note_accepted(&self, metadata: &tonic::metadata::MetadataMap) {
+        if let Some(accepted) = metadata
+            .get("grpc-accept-encoding")
+            .and_then(|v| v.to_str().ok())
+        {
+            let gzip = accepted.split(',').any(|e| e.trim() == "gzip");
+            self.gzip.store(gzip, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Upstream refused a compressed request (UNIMPLEMENTED, as gRPC
+    /// answers an encoding it does not take): plain requests from now on.
+    pub fn note_refused_compression(&self, status: &tonic::Status) {
+        if status.code() == tonic::Code::Unimplemented
+            && status.message().to_ascii_lowercase().contains("compress")
+        {
+            self.gzip.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -228,6 +294,8 @@ pub struct Backoff {
     next: Duration,
     min: Duration,
     max: Duration,
+    /// The cap while the network is down.
+    down_max: Duration,
 }
 
 impl Backoff {
@@ -236,6 +304,7 @@ impl Backoff {
             next: config.backoff_min,
             min: config.backoff_min,
             max: config.backoff_max,
+            down_max: config.down_retry_max.min(config.backoff_max),
         }
     }
 
@@ -247,7 +316,8 @@ impl Backoff {
     pub fn delay(&mut self, problem: &Problem) -> Duration {
         let base = match problem {
             Problem::Refused(_) => self.max,
-            Problem::Down(_) | Problem::Local(_) => self.next,
+            Problem::Down(_) => self.next.min(self.down_max),
+            Problem::Local(_) => self.next,
         };
         self.next = (self.next * 2).min(self.max);
         let half = base / 2;
@@ -264,6 +334,7 @@ mod tests {
         let config = LinkConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            down_retry_max: Duration::from_secs(2),
             ..LinkConfig::default()
         };
         let mut b = Backoff::new(&config);
@@ -280,6 +351,42 @@ mod tests {
         assert!(b.delay(&Problem::Refused("cert".into())) >= Duration::from_secs(1));
         b.reset();
         assert!(b.delay(&down) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_down_network_is_retried_often_and_a_refusal_rarely() {
+        let config = LinkConfig {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(60),
+            down_retry_max: Duration::from_secs(1),
+            ..LinkConfig::default()
+        };
+        let mut b = Backoff::new(&config);
+        let down = Problem::Down("no route".into());
+        for _ in 0..12 {
+            assert!(b.delay(&down) <= Duration::from_secs(1));
+        }
+        assert!(b.delay(&Problem::Refused("cert".into())) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn only_headers_that_list_encodings_decide_on_gzip() {
+        let link = Link::new("https://upstream:7443");
+        assert!(link.upstream_accepts_gzip(), "assumed until told otherwise");
+        link.note_accepted(&tonic::metadata::MetadataMap::new());
+        assert!(link.upstream_accepts_gzip(), "no header: nothing said");
+        let mut plain = tonic::metadata::MetadataMap::new();
+        plain.insert("grpc-accept-encoding", "identity".parse().unwrap());
+        link.note_accepted(&plain);
+        assert!(!link.upstream_accepts_gzip());
+        let mut both = tonic::metadata::MetadataMap::new();
+        both.insert("grpc-accept-encoding", "identity, gzip".parse().unwrap());
+        link.note_accepted(&both);
+        assert!(link.upstream_accepts_gzip());
+        link.note_refused_compression(&tonic::Status::unimplemented(
+            "Content is compressed with `gzip` which isn't supported",
+        ));
+        assert!(!link.upstream_accepts_gzip());
     }
 
     /// A status as tonic makes it from a transport error.

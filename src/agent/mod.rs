@@ -15,6 +15,7 @@
 
 mod downlink;
 pub(crate) mod link;
+mod pacing;
 mod uplink;
 
 use std::path::PathBuf;
@@ -147,6 +148,7 @@ pub async fn open(
 ) -> Result<Opened, AgentError> {
     let identity = identity_of(&config.tls.cert)?;
     let upstream = client::endpoint(&config.upstream, Some(&config.tls))?
+        .connect_timeout(config.link.connect_timeout)
         .http2_keep_alive_interval(config.link.keepalive_interval)
         .keep_alive_timeout(config.link.keepalive_timeout)
         .keep_alive_while_idle(true);

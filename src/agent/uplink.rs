@@ -19,6 +19,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, error, warn};
 
 use super::link::{self, Backoff, Link, LinkConfig, Problem};
+use super::pacing::{Pacer, Stamp};
 use crate::alert::Seq;
 use crate::proto as pb;
 use crate::proto::broker_client::BrokerClient;
@@ -50,8 +51,18 @@ pub(super) async fn run(
     config: LinkConfig,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(&config);
+    let mut learnt = Learnt {
+        backoff: Backoff::new(&config),
+        pacer: Pacer::new(config.min_in_flight_bytes, Instant::now().into_std()),
+    };
     let mut meta = store.watch_meta();
+    // What was learnt of the link (pacing.rs) outlives connections.
+    // The connection, kept between sessions while it works: an alert
+    // published at an idle post then leaves at once instead of after a TCP
+    // and TLS handshake (three round trips: about two seconds on a
+    // satellite link). After a failure the next session makes a new one,
+    // so that a handshake hanging on a broken path is dropped with it.
+    let mut channel: Option<tonic::transport::Channel> = None;
     loop {
         // No session is running here, so nothing is in flight: expire what
         // can no longer be sent.
@@ -67,13 +78,22 @@ pub(super) async fn run(
             }
             continue;
         }
-        // A fresh connection per session: a handshake that hangs on a broken
-        // path is dropped with its session instead of blocking every retry.
-        let client = BrokerClient::new(endpoint.connect_lazy());
-        if let Err(problem) = session(&store, client, &link, &config, &shutdown, &mut backoff).await
-        {
+        let mut client = BrokerClient::new(
+            channel
+                .get_or_insert_with(|| endpoint.connect_lazy())
+                .clone(),
+        );
+        // Alerts are text: gzip-compressed unless upstream said it does
+        // not take gzip (its answers, a few bytes each, are not).
+        if config.compress && link.upstream_accepts_gzip() {
+            client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        learnt.pacer.reconnected(Instant::now().into_std());
+        let ends = session(&store, client, &link, &config, &shutdown, &mut learnt);
+        if let Err(problem) = ends.await {
+            channel = None;
             link.failed(&problem);
-            let delay = backoff.delay(&problem);
+            let delay = learnt.backoff.delay(&problem);
             debug!(?delay, "uplink retrying");
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -111,6 +131,8 @@ fn local(e: StoreError) -> Problem {
 /// Alerts sent and not yet answered, oldest first, with their send time.
 struct InFlight {
     queue: VecDeque<Sent>,
+    /// Their encoded bytes.
+    bytes: usize,
     /// Requests sent on this stream so far (the index of the next one).
     sent: u64,
     /// Sent and not yet out of the outbox: unanswered, or answered with the
@@ -125,6 +147,8 @@ struct Sent {
     index: u64,
     seq: Seq,
     at: Instant,
+    bytes: usize,
+    stamp: Stamp,
 }
 
 impl InFlight {
@@ -138,6 +162,13 @@ impl InFlight {
 
 /// One PublishStream: sends queued alerts (at most `window` unacknowledged),
 /// processes acknowledgements in order, and ends when the outbox is empty.
+/// What the uplink learns across sessions: the retry delay, and the link
+/// (pacing.rs).
+struct Learnt {
+    backoff: Backoff,
+    pacer: Pacer,
+}
+
 /// Outbox removals of answered alerts, committing while the next alerts go
 /// out.
 type Settling = FuturesUnordered<BoxFuture<'static, Result<Vec<Seq>, StoreError>>>;
@@ -148,19 +179,10 @@ async fn session(
     link: &Link,
     config: &LinkConfig,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
+    learnt: &mut Learnt,
 ) -> Result<(), Problem> {
     let mut settling = Settling::new();
-    let result = exchange(
-        store,
-        client,
-        link,
-        config,
-        shutdown,
-        backoff,
-        &mut settling,
-    )
-    .await;
+    let result = exchange(store, client, link, config, shutdown, learnt, &mut settling).await;
     // However the session ended (shutdown, a stall, a broken stream), the
     // removals of what upstream acknowledged still commit: dropping them
     // would send those alerts again in the next session.
@@ -180,17 +202,32 @@ async fn exchange(
     link: &Link,
     config: &LinkConfig,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
+    learnt: &mut Learnt,
     settling: &mut Settling,
 ) -> Result<(), Problem> {
+    let Learnt { backoff, pacer } = learnt;
     let (tx, rx) = mpsc::channel(config.window);
-    let mut responses = link::open(config, client.publish_stream(ReceiverStream::new(rx))).await?;
+    // The first alerts go out with the request, not after the answer's
+    // headers: waiting for those would cost every new session a round trip
+    // (600 ms on a satellite link) before its first alert left the post.
+    let call = link::open_response(config, async {
+        let opened = client.publish_stream(ReceiverStream::new(rx)).await;
+        if let Err(status) = &opened {
+            link.note_refused_compression(status);
+        }
+        opened
+    });
+    tokio::pin!(call);
+    let mut responses = None;
     let mut meta = store.watch_meta();
     let mut in_flight = InFlight {
         queue: VecDeque::new(),
+        bytes: 0,
         sent: 0,
         seqs: HashSet::new(),
     };
+    // Until its first answer, the connection may still be in its handshake.
+    let mut answered = false;
     // Waiting for each removal's flush before sending more would leave the
     // link idle for one local commit per round trip. The seqs of removals
     // in `settling` stay in `in_flight.seqs` until the removal is durable,
@@ -204,11 +241,14 @@ async fn exchange(
     loop {
         let room = window.saturating_sub(in_flight.queue.len());
         let mut found = false;
-        if room > 0 {
+        if room > 0 && paced(&in_flight, pacer) {
             let batch = store.outbox_peek(&in_flight.seqs, room).map_err(local)?;
             let now = SystemTime::now();
             let mut expired = Vec::new();
             for record in batch {
+                if !paced(&in_flight, pacer) {
+                    break; // the rest waits for answers (peeked, not taken)
+                }
                 found = true;
                 if record.alert.expired_at(now) {
                     warn!(id = %record.alert.id, seq = record.seq.0, "alert expired before it could be forwarded; not sent");
@@ -218,6 +258,7 @@ async fn exchange(
                 let req = pb::PublishRequest {
                     alert: Some(record.alert.to_proto()),
                 };
+                let bytes = prost::Message::encoded_len(&req);
                 tx.send(req)
                     .await
                     .map_err(|_| Problem::Down("upstream closed the publish stream".into()))?;
@@ -225,7 +266,10 @@ async fn exchange(
                     index: in_flight.sent,
                     seq: record.seq,
                     at: Instant::now(),
+                    bytes,
+                    stamp: pacer.sent(Instant::now().into_std(), in_flight.queue.is_empty()),
                 });
+                in_flight.bytes += bytes;
                 in_flight.sent += 1;
                 in_flight.seqs.insert(record.seq);
             }
@@ -251,21 +295,35 @@ async fn exchange(
         };
         // The deadline runs from the oldest unanswered send, so wake-ups for
         // other reasons do not extend it.
-        let deadline = oldest_sent + config.ack_timeout;
+        // Over a measured link, a stall is declared once the oldest alert
+        // is well past when its answer was due (pacing.rs).
+        let wait = pacer
+            .stall_after(in_flight.bytes, !answered)
+            .map_or(config.ack_timeout, |w| w.min(config.ack_timeout));
+        let deadline = oldest_sent + wait;
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            changed = meta.changed(), if in_flight.queue.len() < window => {
+            changed = meta.changed(), if in_flight.queue.len() < window && paced(&in_flight, pacer) => {
                 if changed.is_err() {
                     return Ok(());
                 }
             }
             () = tokio::time::sleep_until(deadline) => {
+                debug!(in_flight = in_flight.queue.len(), bytes = in_flight.bytes, answered, ?pacer, "stall");
                 return Err(Problem::Down(format!(
-                    "no acknowledgement from upstream within {:?}: link stalled", config.ack_timeout
+                    "no acknowledgement from upstream within {wait:?}: link stalled"
                 )));
             }
-            first = responses.message() => {
+            opened = &mut call, if responses.is_none() => {
+                let opened = opened?;
+                link.note_accepted(opened.metadata());
+                responses = Some(opened.into_inner());
+            }
+            first = next_answer(&mut responses) => {
                 let first = first.map_err(|s| Problem::of(&s))?;
+                let Some(responses) = responses.as_mut() else {
+                    continue; // not reached: answers come once it is open
+                };
                 let mut answers = vec![first.ok_or_else(|| Problem::Down("upstream ended the publish stream".into()))?];
                 // Take every answer already there, so one commit covers them.
                 while answers.len() < window {
@@ -275,6 +333,11 @@ async fn exchange(
                     }
                 }
                 link.contact();
+                answered = true;
+                let now = Instant::now().into_std();
+                for (sent, _) in in_flight.queue.iter().zip(&answers) {
+                    pacer.answered(now, sent.stamp, sent.bytes);
+                }
                 let (removals, transient) = settle(answers, &mut in_flight);
                 window = (window * 2).min(config.window);
                 for (seqs, outcome) in removals {
@@ -299,6 +362,22 @@ async fn exchange(
                 backoff.reset();
             }
         }
+    }
+}
+
+/// Whether more may be sent: always one alert, more while the bytes in
+/// flight are under the pacer's limit.
+fn paced(in_flight: &InFlight, pacer: &Pacer) -> bool {
+    in_flight.queue.is_empty() || in_flight.bytes < pacer.limit()
+}
+
+/// The next answer once the stream is open; until then, never.
+async fn next_answer(
+    responses: &mut Option<tonic::Streaming<pb::PublishStreamResponse>>,
+) -> Result<Option<pb::PublishStreamResponse>, tonic::Status> {
+    match responses {
+        Some(r) => r.message().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -332,6 +411,7 @@ fn settle(
             break;
         }
         in_flight.queue.pop_front();
+        in_flight.bytes -= sent.bytes;
         let seq = sent.seq;
         match answer.result {
             Some(pb::publish_stream_response::Result::Ack(_)) => forwarded.push(seq),
@@ -369,6 +449,7 @@ mod tests {
     fn in_flight(n: u64) -> InFlight {
         let mut f = InFlight {
             queue: VecDeque::new(),
+            bytes: 0,
             sent: 0,
             seqs: HashSet::new(),
         };
@@ -377,7 +458,11 @@ mod tests {
                 index: i,
                 seq: Seq(100 + i),
                 at: Instant::now(),
+                bytes: 1000,
+                stamp: Pacer::new(0, std::time::Instant::now())
+                    .sent(std::time::Instant::now(), true),
             });
+            f.bytes += 1000;
             f.seqs.insert(Seq(100 + i));
             f.sent += 1;
         }

@@ -7,6 +7,7 @@
 //! HDR histogram; every workload ends with a [`Report`].
 
 mod federation;
+mod link;
 mod soak;
 mod workloads;
 
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 pub use federation::federation;
+pub use link::link;
 pub use soak::{Soak, soak};
 pub use workloads::{drain, e2e, fanout, idle, publish, restart};
 

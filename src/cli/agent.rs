@@ -84,6 +84,17 @@ pub struct AgentRunArgs {
     /// HTTP/2 keepalive interval towards upstream (stall detection).
     #[arg(long, default_value = "15s")]
     pub keepalive: String,
+    /// How long a connection attempt upstream waits for an answer.
+    #[arg(long, default_value = "2s")]
+    pub connect_timeout: String,
+    /// Longest wait between connection attempts while upstream does not
+    /// answer (a post's link that comes back is used within seconds).
+    #[arg(long, default_value = "1s")]
+    pub down_retry: String,
+    /// Compress alerts sent upstream: gzip (for a post's slow link), or
+    /// none (a fast link, where it costs CPU for nothing).
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "none"])]
+    pub compression: String,
     #[command(flatten)]
     pub store: super::serve::StoreArgs,
 }
@@ -118,6 +129,9 @@ async fn serve(args: AgentRunArgs) -> Result<ExitCode> {
     config.inbox.filter = args.inbox_filter.to_proto()?;
     config.link.backoff_max = parse_duration(&args.max_backoff)?;
     config.link.keepalive_interval = parse_duration(&args.keepalive)?;
+    config.link.connect_timeout = parse_duration(&args.connect_timeout)?;
+    config.link.down_retry_max = parse_duration(&args.down_retry)?;
+    config.link.compress = args.compression == "gzip";
     config.store = args.store.store_config()?;
     if let (Some(cert), Some(key)) = (args.listen_cert, args.listen_key) {
         config.listen_tls = Some(TlsFiles {

@@ -45,6 +45,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         secs: u64,
     },
+    /// A post's agent and the broker on either end of an emulated link
+    /// (satellite, 3g, radio; needs root): a backlog of N alerts draining
+    /// upstream, an urgent alert in the middle of it, M alerts down into
+    /// the post's inbox; rate, goodput, bytes on the wire (local only).
+    Link {
+        #[command(flatten)]
+        common: Common,
+        /// satellite (64 kbit/s, 600 ms, 5 % loss), 3g (384 kbit/s, 200 ms,
+        /// 1 %), radio (9.6 kbit/s, 1 s, 10 %, up 5 min / down 10 min).
+        #[arg(long, default_value = "satellite")]
+        profile: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Alerts down to the post's inbox afterwards (0: none).
+        #[arg(long, default_value_t = 100)]
+        down: u64,
+    },
     /// Publish → feed delivery latency at a fixed rate.
     E2e {
         #[command(flatten)]
@@ -169,6 +186,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Publish { common, .. }
         | BenchCommand::E2e { common, .. }
         | BenchCommand::Federation { common, .. }
+        | BenchCommand::Link { common, .. }
         | BenchCommand::Fanout { common, .. }
         | BenchCommand::Drain { common, .. }
         | BenchCommand::Idle { common, .. }
@@ -231,6 +249,31 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let BenchCommand::Link {
+        profile,
+        count,
+        down,
+        ..
+    } = &cmd
+    {
+        if common.broker.is_some() {
+            return Err(anyhow!(
+                "the link bench starts its own broker and agent; --broker is not for it"
+            ));
+        }
+        let bar = progress(common, &format!("a post on a {profile} link"));
+        let report = bench::link(profile, *count, *down, common.size)
+            .await
+            .map_err(|e| anyhow!("the workload failed: {e}"));
+        bar.finish_and_clear();
+        let report = report?;
+        if common.json {
+            println!("{}", report.json());
+        } else {
+            println!("{}", report.text());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut target = target(common).await?;
     let bar = progress(common, &format!("running against {}", target.url));
     let size = common.size;
@@ -253,6 +296,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Federation { .. } => {
             Err("the federation bench starts its own brokers".into())
         }
+        BenchCommand::Link { .. } => Err("the link bench starts its own broker and agent".into()),
     };
     bar.finish_and_clear();
     target.finish().await;

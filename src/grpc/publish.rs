@@ -147,7 +147,9 @@ where
         let limit = self.max_message;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(LenientCodec)
-                .apply_max_message_size_config(Some(limit), Some(limit));
+                .apply_max_message_size_config(Some(limit), Some(limit))
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
             Ok(grpc.streaming(method, req).await)
         })
     }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -64,9 +65,13 @@ pub async fn services(
     // speak v1alpha.
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    // gzip both ways where the client says it takes it (posts on slow
+    // links: docs/links.md); clients that do not are answered as before.
     let broker_service = BrokerServer::new(BrokerService::new(broker.clone(), shutdown.clone()))
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+        .max_encoding_message_size(max_message)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
