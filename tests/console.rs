@@ -148,15 +148,7 @@ async fn a_new_alert_arrives_live_opens_in_detail_and_is_acknowledged_back_to_it
         let mut post = post.clone();
         let id = id.clone();
         async move {
-            use tokio_stream::StreamExt;
-            let list: Vec<pb::Receipt> = post
-                .receipts(pb::ReceiptsRequest { id, follow: false })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .collect::<Result<_, _>>()
-                .await
-                .map_err(|e| e.to_string())?;
+            let list = receipts(&mut post, &id).await?;
             list.iter()
                 .any(|r| r.kind == pb::ReceiptKind::Acknowledged as i32)
                 .then_some(list)

@@ -127,15 +127,7 @@ async fn an_officer_follows_opens_acknowledges_and_composes_in_a_real_browser() 
         let mut post = post.clone();
         let id = id.clone();
         async move {
-            use tokio_stream::StreamExt;
-            let list: Vec<pb::Receipt> = post
-                .receipts(pb::ReceiptsRequest { id, follow: false })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .collect::<Result<_, _>>()
-                .await
-                .map_err(|e| e.to_string())?;
+            let list = receipts(&mut post, &id).await?;
             list.into_iter()
                 .find(|r| r.kind == pb::ReceiptKind::Acknowledged as i32)
                 .ok_or_else(|| "not yet".to_owned())

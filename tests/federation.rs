@@ -309,15 +309,7 @@ async fn receipts_of_the_foreign_office_reach_the_originating_post() {
         let mut post = post.clone();
         let id = id.clone();
         async move {
-            use tokio_stream::StreamExt;
-            let list: Vec<pb::Receipt> = post
-                .receipts(pb::ReceiptsRequest { id, follow: false })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .collect::<Result<_, _>>()
-                .await
-                .map_err(|e| e.to_string())?;
+            let list = receipts(&mut post, &id).await?;
             if list.len() == 2 {
                 Ok(list)
             } else {

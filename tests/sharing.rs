@@ -275,17 +275,7 @@ async fn receipts_reach_the_originating_agency_and_nobody_else() {
     // Listing: the originator and its national centre see both receipts.
     for reader in [TJ_POST, TJ_POST_2, NATIONAL_CENTRE] {
         let mut client = broker.client(reader).await;
-        let list: Vec<pb::Receipt> = client
-            .receipts(pb::ReceiptsRequest {
-                id: id.clone(),
-                follow: false,
-            })
-            .await
-            .expect("receipts")
-            .into_inner()
-            .collect::<Result<_, _>>()
-            .await
-            .expect("all");
+        let list = receipts(&mut client, &id).await.expect("receipts");
         assert_eq!(list.len(), 2, "{reader}");
     }
     // Other agencies — even the recipient and a Tajik customs post — cannot.

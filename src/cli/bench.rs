@@ -193,86 +193,60 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         | BenchCommand::Restart { common, .. }
         | BenchCommand::Soak { common, .. } => common,
     };
-    if let BenchCommand::Soak {
-        nodes,
-        feeds,
-        rate,
-        secs,
-        sample,
-        ..
-    } = &cmd
-    {
-        if common.broker.is_some() {
-            return Err(anyhow!(
-                "the soak starts its own broker; --broker is not for it"
-            ));
+    // Workloads with brokers of their own.
+    match &cmd {
+        BenchCommand::Soak {
+            nodes,
+            feeds,
+            rate,
+            secs,
+            sample,
+            ..
+        } => {
+            let soak = bench::soak(bench::Soak {
+                nodes: *nodes,
+                feeds: *feeds,
+                rate: *rate,
+                secs: *secs,
+                sample: Duration::from_secs((*sample).max(1)),
+                size: common.size,
+            });
+            return own_brokers(
+                common,
+                "the soak starts its own broker",
+                "soaking a broker",
+                soak,
+            )
+            .await;
         }
-        let bar = progress(common, "soaking a broker");
-        let report = bench::soak(bench::Soak {
-            nodes: *nodes,
-            feeds: *feeds,
-            rate: *rate,
-            secs: *secs,
-            sample: Duration::from_secs((*sample).max(1)),
-            size: common.size,
-        })
-        .await
-        .map_err(|e| anyhow!("the workload failed: {e}"));
-        bar.finish_and_clear();
-        let report = report?;
-        if common.json {
-            println!("{}", report.json());
-        } else {
-            println!("{}", report.text());
+        BenchCommand::Federation {
+            count, rate, secs, ..
+        } => {
+            let federation = bench::federation(*count, *rate, *secs, common.size);
+            return own_brokers(
+                common,
+                "the federation bench starts its own two brokers",
+                "two brokers and a link",
+                federation,
+            )
+            .await;
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let BenchCommand::Federation {
-        count, rate, secs, ..
-    } = &cmd
-    {
-        if common.broker.is_some() {
-            return Err(anyhow!(
-                "the federation bench starts its own two brokers; --broker is not for it"
-            ));
+        BenchCommand::Link {
+            profile,
+            count,
+            down,
+            ..
+        } => {
+            let link = bench::link(profile, *count, *down, common.size);
+            return own_brokers(
+                common,
+                "the link bench starts its own broker and agent",
+                &format!("a post on a {profile} link"),
+                link,
+            )
+            .await;
         }
-        let bar = progress(common, "two brokers and a link");
-        let report = bench::federation(*count, *rate, *secs, common.size)
-            .await
-            .map_err(|e| anyhow!("the workload failed: {e}"));
-        bar.finish_and_clear();
-        let report = report?;
-        if common.json {
-            println!("{}", report.json());
-        } else {
-            println!("{}", report.text());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let BenchCommand::Link {
-        profile,
-        count,
-        down,
-        ..
-    } = &cmd
-    {
-        if common.broker.is_some() {
-            return Err(anyhow!(
-                "the link bench starts its own broker and agent; --broker is not for it"
-            ));
-        }
-        let bar = progress(common, &format!("a post on a {profile} link"));
-        let report = bench::link(profile, *count, *down, common.size)
-            .await
-            .map_err(|e| anyhow!("the workload failed: {e}"));
-        bar.finish_and_clear();
-        let report = report?;
-        if common.json {
-            println!("{}", report.json());
-        } else {
-            println!("{}", report.text());
-        }
-        return Ok(ExitCode::SUCCESS);
+        _ => {}
     }
     let mut target = target(common).await?;
     let bar = progress(common, &format!("running against {}", target.url));
@@ -301,10 +275,34 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     bar.finish_and_clear();
     target.finish().await;
     let report = result.map_err(|e| anyhow!("the workload failed: {e}"))?;
+    print(common, &report);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a workload that starts its own brokers (`starts`: why `--broker`
+/// is refused), behind a progress bar, and prints its report.
+async fn own_brokers(
+    common: &Common,
+    starts: &str,
+    what: &str,
+    workload: impl std::future::Future<Output = bench::BenchResult<bench::Report>>,
+) -> Result<ExitCode> {
+    if common.broker.is_some() {
+        return Err(anyhow!("{starts}; --broker is not for it"));
+    }
+    let bar = progress(common, what);
+    let report = workload
+        .await
+        .map_err(|e| anyhow!("the workload failed: {e}"));
+    bar.finish_and_clear();
+    print(common, &report?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(common: &Common, report: &bench::Report) {
     if common.json {
         println!("{}", report.json());
     } else {
         println!("{}", report.text());
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -22,8 +22,15 @@ pub struct Key {
     key: Option<String>,
 }
 
-fn allowed(c: &Console, key: &Key) -> bool {
-    key.key.as_deref() == Some(c.config().feed_key.as_str())
+/// The refusal to answer with when the feed key is missing or wrong.
+fn refused(c: &Console, key: &Key) -> Option<Response> {
+    (key.key.as_deref() != Some(c.config().feed_key.as_str())).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            "the feed key is missing or wrong\n",
+        )
+            .into_response()
+    })
 }
 
 /// `/feeds/FEED.atom?key=…`.
@@ -32,12 +39,8 @@ pub async fn feed(
     Path(file): Path<String>,
     Query(key): Query<Key>,
 ) -> Response {
-    if !allowed(&c, &key) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "the feed key is missing or wrong\n",
-        )
-            .into_response();
+    if let Some(refusal) = refused(&c, &key) {
+        return refusal;
     }
     if file.strip_suffix(".atom") != Some(c.config().feed.as_str()) {
         return (StatusCode::NOT_FOUND, "no such feed\n").into_response();
@@ -91,12 +94,8 @@ pub async fn entry(
     Path(id): Path<String>,
     Query(key): Query<Key>,
 ) -> Response {
-    if !allowed(&c, &key) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "the feed key is missing or wrong\n",
-        )
-            .into_response();
+    if let Some(refusal) = refused(&c, &key) {
+        return refusal;
     }
     match cap_document(&c, &id).await {
         Ok(xml) => (

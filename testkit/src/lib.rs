@@ -448,6 +448,25 @@ pub fn headline_of(d: &pb::Delivery) -> String {
         .expect("alert")
 }
 
+/// The receipts of alert `id` as `client` may list them now.
+///
+/// # Errors
+/// The broker's refusal, as text (for [`eventually`]).
+pub async fn receipts(client: &mut Client, id: &str) -> Result<Vec<pb::Receipt>, String> {
+    use tokio_stream::StreamExt;
+    client
+        .receipts(pb::ReceiptsRequest {
+            id: id.to_owned(),
+            follow: false,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Every alert the broker holds that `viewer` may see, oldest first.
 pub async fn broker_alerts(client: &mut Client) -> Vec<pb::AlertRecord> {
     let mut out = Vec::new();
