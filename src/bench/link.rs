@@ -11,10 +11,14 @@
 //! 2. Downlink: M alerts published at the broker for the post, timed into
 //!    the agent's inbox.
 //!
+//! 3. With `--jetstream PATH`: the same backlog through NATS JetStream over
+//!    the same profile ([`super::link_jetstream`]), and the ratios.
+//!
 //! The alerts' text is words ([`words_alert`]), not one repeated letter, so
 //! that compression is measured as it would be on real alerts.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -29,12 +33,19 @@ use liaison::proto as pb;
 ///
 /// # Errors
 /// When not root, or the test bed cannot be set up.
-pub async fn link(profile: &str, count: u64, down: u64, size: usize) -> BenchResult<Report> {
+pub async fn link(
+    profile: &str,
+    count: u64,
+    down: u64,
+    size: usize,
+    jetstream: Option<(&Path, Option<Duration>)>,
+) -> BenchResult<Report> {
     let p = linkem::profile(profile)
         .ok_or_else(|| format!("--profile {profile}: one of {}", linkem::PROFILES))?;
     let mut report = Report::new(
         "link",
-        json!({"profile": profile, "count": count, "down": down, "size": size}),
+        json!({"profile": profile, "count": count, "down": down, "size": size,
+               "jetstream": jetstream.is_some()}),
     );
     let capacity_bps = p.rate_bps;
     let link = EmulatedLink::create(p.clone())?;
@@ -165,6 +176,28 @@ pub async fn link(profile: &str, count: u64, down: u64, size: usize) -> BenchRes
     if down > 0 {
         let figures = downlink(&bed, down, size).await?;
         report.extra.extend(figures);
+    }
+    drop(bed);
+
+    // The peer, same backlog, same profile, same sitting.
+    if let Some((nats, write_deadline)) = jetstream {
+        // Three times our time and a minute more, then what arrived.
+        let budget = drain * 3 + Duration::from_secs(60);
+        let theirs =
+            super::link_jetstream::jetstream(nats, write_deadline, &p, count, size, budget).await?;
+        let ours_rate = count as f64 / drain.as_secs_f64();
+        if let Some(r) = theirs["jetstream_alerts_per_s"].as_f64() {
+            report
+                .extra
+                .insert("ratio_alerts_per_s".into(), json!(ours_rate / r));
+        }
+        if let Some(b) = theirs["jetstream_wire_bytes_per_alert"].as_u64() {
+            let ours = (up_bytes + down_bytes) as f64 / count.max(1) as f64;
+            report
+                .extra
+                .insert("ratio_wire_bytes_per_alert".into(), json!(ours / b as f64));
+        }
+        report.extra.extend(theirs);
     }
     Ok(report)
 }

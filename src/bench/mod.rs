@@ -8,6 +8,7 @@
 
 mod federation;
 mod link;
+mod link_jetstream;
 mod soak;
 mod workloads;
 
@@ -171,6 +172,9 @@ pub struct Local {
     pub dir: PathBuf,
     pub certs: PathBuf,
     pub addr: std::net::SocketAddr,
+    /// Whether its store (and a drain's agent's) is encrypted at rest,
+    /// with key files in `dir/keys`.
+    pub encrypt: bool,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -189,7 +193,7 @@ impl Target {
     ///
     /// # Errors
     /// When the PKI, the port or the store cannot be set up.
-    pub async fn local() -> BenchResult<Target> {
+    pub async fn local(encrypt: bool) -> BenchResult<Target> {
         let dir = std::env::temp_dir().join(format!(
             "liaison-bench-{}-{}",
             std::process::id(),
@@ -203,6 +207,7 @@ impl Target {
             dir,
             certs,
             addr: "127.0.0.1:0".parse()?,
+            encrypt,
             shutdown: CancellationToken::new(),
             handle: None,
         };
@@ -254,6 +259,13 @@ impl Local {
         Ok(files)
     }
 
+    /// The key of `whose` store when the bench encrypts.
+    pub fn key(&self, whose: &str) -> Option<liaison::store::KeySource> {
+        self.encrypt.then(|| {
+            liaison::store::KeySource::File(self.dir.join("keys").join(format!("{whose}.key")))
+        })
+    }
+
     /// (Re)starts the broker on the same data directory and a new port.
     ///
     /// # Errors
@@ -278,6 +290,7 @@ impl Local {
         );
         config.broker.retention.max_age = None;
         config.shutdown_grace = Duration::from_secs(2);
+        config.store.key = self.key("broker");
         self.shutdown = CancellationToken::new();
         self.handle = Some(tokio::spawn(server::run(
             listener,

@@ -372,6 +372,7 @@ pub async fn drain(target: &mut Target, count: u64, size: usize) -> BenchResult<
     config.link.backoff_min = Duration::from_millis(20);
     config.link.backoff_max = Duration::from_millis(50);
     config.broker.retention.max_age = None;
+    config.store.key = local.key("agent");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -33,6 +33,25 @@ pub struct AgentArgs {
 pub enum AgentCommand {
     /// Show the link state, outbox and inbox of a running agent.
     Status(AgentStatusArgs),
+    /// Emergency wipe (a post about to be overrun): destroys the store's
+    /// keys first — the key file and the wrapped data key, overwritten and
+    /// removed, after which nothing sealed can be read —, stops an agent
+    /// running on the directory, then removes the data directory. No
+    /// questions asked.
+    Wipe(AgentWipeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentWipeArgs {
+    /// The agent's data directory.
+    #[arg(long, env = "LIAISON_AGENT_DATA", default_value = "agent-data")]
+    pub data: PathBuf,
+    /// The store's key file (destroyed first).
+    #[arg(long, env = "LIAISON_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -112,8 +131,54 @@ pub struct AgentStatusArgs {
 pub async fn run(args: AgentArgs) -> Result<ExitCode> {
     match args.command {
         Some(AgentCommand::Status(s)) => status(s).await,
+        Some(AgentCommand::Wipe(w)) => wipe(&w),
         None => serve(args.run).await,
     }
+}
+
+fn wipe(args: &AgentWipeArgs) -> Result<ExitCode> {
+    let w = liaison::store::vault::wipe(&args.data, args.key_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("the wipe stopped: {e}"))?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "keys_destroyed": w.shredded,
+                "keys_destroyed_after_ms": w.keys_gone_after.as_secs_f64() * 1e3,
+                "agents_stopped": w.stopped,
+                "data_removed": w.data_removed,
+                "files": w.files,
+                "bytes": w.bytes,
+                "took_ms": w.took.as_secs_f64() * 1e3,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if w.shredded.is_empty() {
+        println!("no key to destroy (no key file given or found, no vault in the data directory)");
+    }
+    for p in &w.shredded {
+        println!("destroyed {} (overwritten, synced, removed)", p.display());
+    }
+    for pid in &w.stopped {
+        println!("stopped the agent running on it (pid {pid})");
+    }
+    if w.data_removed {
+        println!(
+            "removed {} ({} files, {} bytes)",
+            args.data.display(),
+            w.files,
+            w.bytes
+        );
+    } else {
+        println!("{}: no data directory", args.data.display());
+    }
+    println!(
+        "keys gone after {:.1} ms, done in {:.1} ms",
+        w.keys_gone_after.as_secs_f64() * 1e3,
+        w.took.as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: AgentRunArgs) -> Result<ExitCode> {

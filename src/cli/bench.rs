@@ -1,6 +1,7 @@
 //! `liaison bench WORKLOAD`: runs one of the load generators of
 //! [`crate::bench`] and prints its report (or one JSON object).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -61,6 +62,17 @@ pub enum BenchCommand {
         /// Alerts down to the post's inbox afterwards (0: none).
         #[arg(long, default_value_t = 100)]
         down: u64,
+        /// Then the same backlog through NATS JetStream over the same
+        /// profile (a leaf node at the post, its stream sourced by the
+        /// hub's), with this nats-server binary; reports both and the
+        /// ratios.
+        #[arg(long, value_name = "NATS_SERVER")]
+        jetstream: Option<PathBuf>,
+        /// nats-server's write deadline for the JetStream run (its default
+        /// is 10s: a leaf connection whose writes do not drain within it
+        /// is closed as a slow consumer).
+        #[arg(long, requires = "jetstream")]
+        jetstream_write_deadline: Option<String>,
     },
     /// Publish → feed delivery latency at a fixed rate.
     E2e {
@@ -146,6 +158,10 @@ pub struct Common {
     /// Print one JSON object instead of a report.
     #[arg(long)]
     pub json: bool,
+    /// The broker (and agent) started here encrypt their stores at rest
+    /// (key files in the bench's directory): what encryption costs.
+    #[arg(long, conflicts_with = "broker")]
+    pub encrypt: bool,
 }
 
 async fn target(common: &Common) -> Result<Target> {
@@ -161,7 +177,7 @@ async fn target(common: &Common) -> Result<Target> {
             };
             Ok(Target::remote(url.clone(), conn.tls_files()?))
         }
-        None => Target::local()
+        None => Target::local(common.encrypt)
             .await
             .map_err(|e| anyhow!("cannot start a local broker: {e}")),
     }
@@ -235,9 +251,21 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
             profile,
             count,
             down,
+            jetstream,
+            jetstream_write_deadline,
             ..
         } => {
-            let link = bench::link(profile, *count, *down, common.size);
+            let deadline = jetstream_write_deadline
+                .as_deref()
+                .map(super::alert_args::parse_duration)
+                .transpose()?;
+            let link = bench::link(
+                profile,
+                *count,
+                *down,
+                common.size,
+                jetstream.as_deref().map(|j| (j, deadline)),
+            );
             return own_brokers(
                 common,
                 "the link bench starts its own broker and agent",
@@ -274,7 +302,10 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     };
     bar.finish_and_clear();
     target.finish().await;
-    let report = result.map_err(|e| anyhow!("the workload failed: {e}"))?;
+    let mut report = result.map_err(|e| anyhow!("the workload failed: {e}"))?;
+    if common.encrypt {
+        report.params.insert("encrypt".into(), true.into());
+    }
     print(common, &report);
     Ok(ExitCode::SUCCESS)
 }

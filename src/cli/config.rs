@@ -48,6 +48,13 @@ const SERVE: &[Key] = &[
         None,
         Shape::Duration,
     ),
+    (
+        "key_file",
+        "--key-file",
+        Some("LIAISON_KEY_FILE"),
+        Shape::Text,
+    ),
+    ("passphrase", "--passphrase", None, Shape::Switch),
 ];
 
 const AGENT: &[Key] = &[
@@ -101,6 +108,13 @@ const AGENT: &[Key] = &[
         None,
         Shape::Duration,
     ),
+    (
+        "key_file",
+        "--key-file",
+        Some("LIAISON_KEY_FILE"),
+        Shape::Text,
+    ),
+    ("passphrase", "--passphrase", None, Shape::Switch),
 ];
 
 /// Which command a file configures.

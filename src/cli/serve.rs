@@ -15,7 +15,7 @@ use super::alert_args::parse_duration;
 use liaison::broker::Retention;
 use liaison::pki;
 use liaison::server::{self, ServeConfig};
-use liaison::store::{StoreConfig, WalRecovery};
+use liaison::store::{KeySource, StoreConfig, WalRecovery};
 use liaison::tls::TlsFiles;
 
 #[derive(Debug, Args)]
@@ -83,6 +83,21 @@ pub struct StoreArgs {
     /// redeliver.
     #[arg(long, default_value = "1s")]
     pub checkpoint_interval: String,
+    /// Encrypt the store at rest with the key in FILE (kept outside the
+    /// data directory; made, mode 0600, when a new store starts and FILE
+    /// does not exist). An encrypted store does not start without it.
+    #[arg(
+        long,
+        env = "LIAISON_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "passphrase"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Encrypt the store at rest with a passphrase (Argon2id): from
+    /// $LIAISON_PASSPHRASE, else asked on the terminal, else one line of
+    /// standard input.
+    #[arg(long)]
+    pub passphrase: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -106,12 +121,76 @@ impl StoreArgs {
         if config.wal.checkpoint_every.is_zero() {
             anyhow::bail!("--checkpoint-interval must be more than 0");
         }
+        config.key = if let Some(f) = &self.key_file {
+            Some(KeySource::File(f.clone()))
+        } else if self.passphrase {
+            Some(KeySource::Passphrase(read_passphrase()?))
+        } else {
+            None
+        };
         config.wal.recovery = match self.wal_recovery {
             WalRecoveryArg::Strict => WalRecovery::Strict,
             WalRecoveryArg::PointInTime => WalRecovery::PointInTime,
             WalRecoveryArg::SkipDamaged => WalRecovery::SkipDamaged,
         };
         Ok(config)
+    }
+}
+
+/// The store's passphrase: `$LIAISON_PASSPHRASE`, else asked on the
+/// terminal without echo, else a line of standard input.
+///
+/// # Errors
+/// When none is given.
+fn read_passphrase() -> Result<zeroize::Zeroizing<String>> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if let Ok(p) = std::env::var("LIAISON_PASSPHRASE") {
+        return Ok(zeroize::Zeroizing::new(p));
+    }
+    let stdin = std::io::stdin();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    if stdin.is_terminal() {
+        eprint!("passphrase for the store: ");
+        let _ = std::io::stderr().flush();
+        let _echo = NoEcho::new();
+        stdin.lock().read_line(&mut line)?;
+        eprintln!();
+    } else {
+        stdin.lock().read_line(&mut line)?;
+    }
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        anyhow::bail!("--passphrase: no passphrase given (set LIAISON_PASSPHRASE or type it)");
+    }
+    Ok(zeroize::Zeroizing::new(p))
+}
+
+/// Terminal echo off while it lives.
+struct NoEcho(Option<libc::termios>);
+
+impl NoEcho {
+    fn new() -> NoEcho {
+        // SAFETY: tcgetattr/tcsetattr on standard input with a termios
+        // struct of our own.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &raw mut t) != 0 {
+                return NoEcho(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &raw const t);
+            NoEcho(Some(saved))
+        }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use prost::Message;
 
 use super::command::{Batch, Command};
 use super::error::{StoreError, corrupt};
+use super::seal::{Seal, Tree};
 use super::{Store, keys};
 use crate::alert::micros;
 use crate::audit::{AuditEvent, AuditRecord};
@@ -21,6 +22,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 pub struct Chain {
     next_seq: u64,
     prev_hash: Vec<u8>,
+    seal: Seal,
 }
 
 impl Chain {
@@ -28,23 +30,26 @@ impl Chain {
     ///
     /// # Errors
     /// When the newest record cannot be read or decoded.
-    pub fn load(log: &sled::Tree) -> Result<Chain, StoreError> {
+    pub fn load(log: &sled::Tree, seal: &Seal) -> Result<Chain, StoreError> {
         let last = log
             .range(keys::audit(0)..keys::audit(u64::MAX))
             .next_back()
             .transpose()
             .map_err(|e| StoreError::sled("reading the audit trail", e))?;
         Ok(match last {
-            Some((_, v)) => {
+            Some((k, v)) => {
+                let v = seal.open("audit record", Tree::Log, &k, &v)?;
                 let r = AuditRecord::decode(v.as_ref()).map_err(|e| corrupt("audit record", e))?;
                 Chain {
                     next_seq: r.seq + 1,
                     prev_hash: r.hash,
+                    seal: seal.clone(),
                 }
             }
             None => Chain {
                 next_seq: 1,
                 prev_hash: Vec::new(),
+                seal: seal.clone(),
             },
         })
     }
@@ -57,7 +62,7 @@ impl Chain {
             event,
             &self.prev_hash,
         );
-        batch.insert(keys::audit(record.seq), record.encode_to_vec());
+        batch.insert_sealed(&self.seal, keys::audit(record.seq), record.encode_to_vec());
         self.next_seq += 1;
         self.prev_hash = record.hash;
     }
@@ -108,7 +113,8 @@ impl Store {
             let seq = keys::audit_seq(&k).ok_or_else(|| corrupt("audit key", format!("{k:?}")))?;
             // A record that no longer decodes is reported by `verify` under
             // its key, not turned into an error here.
-            out.push((seq, AuditRecord::decode(v.as_ref()).ok()));
+            let v = self.inner.seal.open("audit record", Tree::Log, &k, &v).ok();
+            out.push((seq, v.and_then(|v| AuditRecord::decode(v.as_ref()).ok())));
         }
         Ok(out)
     }

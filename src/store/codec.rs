@@ -14,6 +14,8 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::error::{StoreError, corrupt};
+use super::keys;
+use super::seal::{Seal, Tree};
 use crate::alert::{Alert, Record, Seq, from_micros};
 use crate::proto as pb;
 
@@ -67,9 +69,10 @@ fn attested_alert(p: &pb::Provenance) -> Option<pb::Alert> {
 /// # Errors
 /// [`StoreError::Corrupt`] naming the alert when the bytes do not decode or
 /// the alert no longer passes the checks it passed when it was stored.
-pub fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Arc<Record>, StoreError> {
+pub fn decode_record(seal: &Seal, seq: Seq, bytes: &[u8]) -> Result<Arc<Record>, StoreError> {
     let what = || format!("alert {seq}");
-    let rec = pb::AlertRecord::decode(bytes).map_err(|e| corrupt(&what(), e))?;
+    let bytes = seal.open(&what(), Tree::Log, &keys::alert(seq), bytes)?;
+    let rec = pb::AlertRecord::decode(bytes.as_ref()).map_err(|e| corrupt(&what(), e))?;
     let body = match rec.alert {
         Some(body) => body,
         None => rec
@@ -141,8 +144,11 @@ mod tests {
         let record = record(None);
         let bytes = encode_record(&record);
         assert_eq!(bytes, record.to_proto().encode_to_vec());
-        assert_eq!(*decode_record(Seq(77), &bytes).unwrap(), record);
-        assert!(decode_record(Seq(77), &bytes[..bytes.len() - 3]).is_err());
+        assert_eq!(
+            *decode_record(&Seal::clear(), Seq(77), &bytes).unwrap(),
+            record
+        );
+        assert!(decode_record(&Seal::clear(), Seq(77), &bytes[..bytes.len() - 3]).is_err());
     }
 
     #[test]
@@ -167,7 +173,10 @@ mod tests {
                 .alert
                 .is_none()
         );
-        assert_eq!(*decode_record(Seq(77), &bytes).unwrap(), imported);
+        assert_eq!(
+            *decode_record(&Seal::clear(), Seq(77), &bytes).unwrap(),
+            imported
+        );
     }
 
     #[test]
@@ -181,11 +190,14 @@ mod tests {
         let imported = record(Some(provenance(statement)));
         let bytes = encode_record(&imported);
         assert_eq!(bytes, imported.to_proto().encode_to_vec());
-        assert_eq!(*decode_record(Seq(77), &bytes).unwrap(), imported);
+        assert_eq!(
+            *decode_record(&Seal::clear(), Seq(77), &bytes).unwrap(),
+            imported
+        );
         // A record without field 3 whose statement is garbage is damage.
         let mut broken = imported.to_proto();
         broken.alert = None;
         broken.provenance = Some(provenance(vec![0xff; 9]));
-        assert!(decode_record(Seq(77), &broken.encode_to_vec()).is_err());
+        assert!(decode_record(&Seal::clear(), Seq(77), &broken.encode_to_vec()).is_err());
     }
 }

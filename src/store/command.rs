@@ -200,6 +200,24 @@ impl Batch {
         put_bytes(&mut self.bytes, value.as_ref());
     }
 
+    /// Inserts `value` sealed for `key` ([`Seal`](super::seal::Seal); as
+    /// it is when the store is not encrypted), without a copy of its own.
+    pub fn insert_sealed(
+        &mut self,
+        seal: &super::seal::Seal,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.bytes.push(INSERT);
+        put_bytes(&mut self.bytes, key);
+        let len_at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        seal.seal_into(super::seal::Tree::Log, key, value, &mut self.bytes);
+        let len = u32::try_from(self.bytes.len() - len_at - 4).unwrap_or(u32::MAX);
+        self.bytes[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.bytes.push(REMOVE);
         put_bytes(&mut self.bytes, key.as_ref());

@@ -40,6 +40,10 @@ pub enum StoreError {
          (docs/operations.md#backups)"
     )]
     Damaged { dir: PathBuf, detail: String },
+    /// The store's key: missing, wrong, or its files unusable; nothing
+    /// was changed (`detail` says what to do).
+    #[error("{dir}: {detail}")]
+    Key { dir: PathBuf, detail: String },
     /// Another process has the store open.
     #[error("{dir} is in use by another process (a running broker or agent?)")]
     Locked { dir: PathBuf },

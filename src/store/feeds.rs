@@ -6,6 +6,7 @@
 use prost::Message;
 
 use super::error::{StoreError, corrupt};
+use super::seal::Tree;
 use super::{Store, keys};
 use crate::proto as pb;
 
@@ -37,7 +38,10 @@ impl Store {
         self.inner
             .feeds
             .get(&key)?
-            .map(|v| StoredFeed::decode(v.as_ref()).map_err(|e| corrupt("feed", e)))
+            .map(|v| {
+                let v = self.inner.seal.open("feed", Tree::Feeds, &key, &v)?;
+                StoredFeed::decode(v.as_ref()).map_err(|e| corrupt("feed", e))
+            })
             .transpose()
     }
 
@@ -46,9 +50,12 @@ impl Store {
     /// # Errors
     /// On a storage failure.
     pub fn save_feed(&self, owner: &str, name: &str, feed: &StoredFeed) -> Result<(), StoreError> {
-        self.inner
-            .feeds
-            .insert(keys::feed(owner, name), feed.encode_to_vec())?;
+        let key = keys::feed(owner, name);
+        let value = self
+            .inner
+            .seal
+            .seal(Tree::Feeds, &key, &feed.encode_to_vec());
+        self.inner.feeds.insert(key, value)?;
         self.mark_dirty();
         Ok(())
     }
@@ -67,6 +74,7 @@ impl Store {
                 .ok_or_else(|| corrupt("feed key", format!("{k:?}")))?;
             let owner = String::from_utf8_lossy(&k[..split]).into_owned();
             let name = String::from_utf8_lossy(&k[split + 1..]).into_owned();
+            let v = self.inner.seal.open("feed", Tree::Feeds, &k, &v)?;
             out.push((
                 owner,
                 name,

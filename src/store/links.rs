@@ -8,6 +8,7 @@ use prost::Message;
 
 use super::Store;
 use super::error::{StoreError, corrupt};
+use super::seal::Tree;
 
 /// Export cursor and counters of one federation link.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -60,7 +61,13 @@ impl Store {
         self.inner
             .links
             .get(peer.as_bytes())?
-            .map(|v| StoredLink::decode(v.as_ref()).map_err(|e| corrupt("link", e)))
+            .map(|v| {
+                let v = self
+                    .inner
+                    .seal
+                    .open("link", Tree::Links, peer.as_bytes(), &v)?;
+                StoredLink::decode(v.as_ref()).map_err(|e| corrupt("link", e))
+            })
             .transpose()
     }
 
@@ -70,9 +77,11 @@ impl Store {
     /// # Errors
     /// On a storage failure.
     pub fn save_link(&self, peer: &str, link: &StoredLink) -> Result<(), StoreError> {
-        self.inner
-            .links
-            .insert(peer.as_bytes(), link.encode_to_vec())?;
+        let value = self
+            .inner
+            .seal
+            .seal(Tree::Links, peer.as_bytes(), &link.encode_to_vec());
+        self.inner.links.insert(peer.as_bytes(), value)?;
         self.mark_dirty();
         Ok(())
     }

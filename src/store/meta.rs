@@ -86,7 +86,12 @@ impl State {
     ///
     /// # Errors
     /// On a storage failure or a corrupt newest record.
-    pub fn load(log: &sled::Tree, skip_reserved: bool, seen: u64) -> Result<State, StoreError> {
+    pub fn load(
+        log: &sled::Tree,
+        seal: &super::seal::Seal,
+        skip_reserved: bool,
+        seen: u64,
+    ) -> Result<State, StoreError> {
         let mut meta = load(log)?;
         let mut last_received_us = 0;
         if let Some((k, v)) = log
@@ -97,7 +102,7 @@ impl State {
         {
             let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
             meta.next_seq = meta.next_seq.max(seq.next());
-            last_received_us = micros(decode_record(seq, &v)?.received_at);
+            last_received_us = micros(decode_record(seal, seq, &v)?.received_at);
         }
         meta.next_seq = meta.next_seq.max(Seq(seen));
         if skip_reserved {

@@ -39,7 +39,11 @@ mod outbox;
 mod read;
 mod receipts;
 mod recent;
+mod seal;
+#[cfg(test)]
+mod sealed_tests;
 mod space;
+pub mod vault;
 mod wal;
 mod writer;
 
@@ -62,7 +66,9 @@ pub use open::panic_expected;
 use open::{check_identity, open_sled, recovery_event, reserve_sequences, sled_guard};
 pub use outbox::OutboxStats;
 use recent::Recent;
+pub use seal::Seal;
 pub use space::free_bytes;
+pub use vault::KeySource;
 pub use wal::{Mode as WalRecovery, WalConfig};
 
 /// Tuning of the store.
@@ -83,6 +89,9 @@ pub struct StoreConfig {
     pub wal: WalConfig,
     /// Faults to inject (tests of the failure paths); `None` in service.
     pub faults: Option<Arc<Faults>>,
+    /// What unlocks an encrypted store (`None`: the store is not
+    /// encrypted, and one that is is refused); see [`vault`].
+    pub key: Option<KeySource>,
 }
 
 impl Default for StoreConfig {
@@ -95,6 +104,7 @@ impl Default for StoreConfig {
             ballast_bytes: 32 * 1024 * 1024,
             wal: WalConfig::default(),
             faults: None,
+            key: None,
         }
     }
 }
@@ -153,6 +163,8 @@ struct Inner {
     /// Newest committed records. A std mutex: critical sections are a few
     /// pointer copies and never cross an `.await`.
     recent: Arc<Mutex<Recent>>,
+    /// Opens what the store reads (clear when it is not encrypted).
+    seal: Seal,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -165,6 +177,11 @@ impl Store {
     /// the write-ahead log is damaged ([`StoreError::WalDamaged`], unless
     /// `config.wal.recovery` accepts it), or stored data is corrupt.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        // The key first: a store that cannot be unlocked is not touched.
+        let seal = vault::unlock(dir, config.key.as_ref())?;
+        if seal.is_encrypted() {
+            vault::no_core_dumps();
+        }
         let (db, log, feeds, links) = open_sled(dir, &config)?;
         check_identity(dir, &db, &log)?;
         let failed = Arc::new(Mutex::new(None));
@@ -185,11 +202,16 @@ impl Store {
             )
         })?;
         let mut state = sled_guard(dir, || {
-            meta::State::load(&log, recovered.maybe_acked_lost, recovered.max_next_seq)
+            meta::State::load(
+                &log,
+                &seal,
+                recovered.maybe_acked_lost,
+                recovered.max_next_seq,
+            )
         })?;
         let loaded = state;
         reserve_sequences(&db, &log, &mut state, config.max_batch)?;
-        let chain = sled_guard(dir, || chain::Chain::load(&log))?;
+        let chain = sled_guard(dir, || chain::Chain::load(&log, &seal))?;
         let (head_tx, head) = watch::channel(state.head());
         let (meta_tx, meta) = watch::channel(state.meta);
         let (receipts_tx, receipts) = watch::channel(0);
@@ -222,6 +244,7 @@ impl Store {
             space: space.clone(),
             writes: writes_tx.clone(),
             faults: config.faults.clone(),
+            seal: seal.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("liaison-store-writer".into())
@@ -243,6 +266,7 @@ impl Store {
                 writes_tx,
                 failed,
                 space,
+                seal,
             }),
         })
     }

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use super::codec::decode_record;
 use super::command::{Command, Group, Meta, OutboxLimits, Outcome};
 use super::error::{StoreError, corrupt};
+use super::seal::Seal;
 use super::{Store, keys};
 use crate::alert::{AlertId, Record, Seq};
 
@@ -42,6 +43,7 @@ fn range() -> std::ops::Range<[u8; 10]> {
 /// Queues a record being appended (writer thread).
 pub(super) fn enqueue(
     log: &sled::Tree,
+    seal: &Seal,
     group: &mut Group,
     meta: &mut Meta,
     record: &Record,
@@ -60,7 +62,7 @@ pub(super) fn enqueue(
         ROUTINE
     };
     if class == PRIORITY {
-        promote_references(log, group, &record.alert.body.references)?;
+        promote_references(log, seal, group, &record.alert.body.references)?;
     }
     group
         .batch
@@ -75,6 +77,7 @@ pub(super) fn enqueue(
 /// priority class (keeping its sequence, so its order is kept).
 fn promote_references(
     log: &sled::Tree,
+    seal: &Seal,
     group: &mut Group,
     references: &[String],
 ) -> Result<(), StoreError> {
@@ -89,7 +92,11 @@ fn promote_references(
             let refs = match group.record_refs(seq) {
                 Some(refs) => refs,
                 None => match log.get(keys::alert(seq))? {
-                    Some(bytes) => decode_record(seq, &bytes)?.alert.body.references.clone(),
+                    Some(bytes) => decode_record(seal, seq, &bytes)?
+                        .alert
+                        .body
+                        .references
+                        .clone(),
                     None => Vec::new(),
                 },
             };

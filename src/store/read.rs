@@ -26,7 +26,7 @@ impl Store {
         self.inner
             .log
             .get(keys::alert(seq))?
-            .map(|v| codec::decode_record(seq, &v))
+            .map(|v| codec::decode_record(&self.inner.seal, seq, &v))
             .transpose()
     }
 
@@ -64,7 +64,7 @@ impl Store {
         {
             let (k, v) = kv?;
             let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-            out.push(codec::decode_record(seq, &v)?);
+            out.push(codec::decode_record(&self.inner.seal, seq, &v)?);
         }
         Ok(out)
     }

@@ -7,6 +7,7 @@ use prost::Message;
 use super::chain::Chain;
 use super::command::{Command, Group};
 use super::error::{StoreError, corrupt};
+use super::seal::{Seal, Tree};
 use super::{Store, keys};
 use crate::alert::{AlertId, from_micros, micros};
 use crate::audit::AuditEvent;
@@ -38,6 +39,7 @@ struct JournalEntry {
 /// On a storage failure.
 pub fn stage(
     log: &sled::Tree,
+    seal: &Seal,
     group: &mut Group,
     chain: &mut Chain,
     receipts: &[Receipt],
@@ -57,20 +59,24 @@ pub fn stage(
             time_us: micros(r.at),
             note: r.note.clone(),
         };
-        group.batch.insert(key.as_slice(), value.encode_to_vec());
+        group
+            .batch
+            .insert_sealed(seal, key.as_slice(), value.encode_to_vec());
         group.receipts.insert(key);
         // A receipt of an imported alert goes back over the link it came by.
+        let imported = keys::imported(&r.alert);
         if let Some(hop) = log
-            .get(keys::imported(&r.alert))
+            .get(imported)
             .map_err(|e| StoreError::sled("reading receipts", e))?
         {
+            let hop = seal.open("import record", Tree::Log, &imported, &hop)?;
             let entry = JournalEntry {
                 peer: String::from_utf8_lossy(&hop).into_owned(),
                 receipt: Some(r.to_proto()),
             };
             group
                 .batch
-                .insert(keys::journal(*next_journal), entry.encode_to_vec());
+                .insert_sealed(seal, keys::journal(*next_journal), entry.encode_to_vec());
             *next_journal += 1;
         }
         fresh.push(r);
@@ -130,7 +136,7 @@ impl Store {
             .get(&key)
             .map_err(|e| StoreError::sled("reading receipts", e))?
         {
-            Some(v) => decode(&key, &v),
+            Some(v) => decode(&self.inner.seal, &key, &v),
             None => Err(corrupt("receipt", alert)),
         }
     }
@@ -156,7 +162,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.inner.log.scan_prefix(keys::receipts_of(alert)) {
             let (k, v) = kv.map_err(|e| StoreError::sled("reading receipts", e))?;
-            out.push(decode(&k, &v)?);
+            out.push(decode(&self.inner.seal, &k, &v)?);
         }
         out.sort_by_key(|r| r.at);
         Ok(out)
@@ -182,6 +188,7 @@ impl Store {
             let (k, v) = kv.map_err(|e| StoreError::sled("reading the receipt journal", e))?;
             let n =
                 keys::journal_seq(&k).ok_or_else(|| corrupt("journal key", format!("{k:?}")))?;
+            let v = self.inner.seal.open("journal entry", Tree::Log, &k, &v)?;
             let entry =
                 JournalEntry::decode(v.as_ref()).map_err(|e| corrupt("journal entry", e))?;
             if let Some(r) = entry.receipt {
@@ -197,12 +204,13 @@ impl Store {
     }
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<Receipt, StoreError> {
+fn decode(seal: &Seal, key: &[u8], value: &[u8]) -> Result<Receipt, StoreError> {
+    let value = seal.open("receipt", Tree::Log, key, value)?;
     let bad = || corrupt("receipt key", format!("{key:?}"));
     let alert =
         AlertId(uuid::Uuid::from_slice(key.get(1..17).ok_or_else(bad)?).map_err(|_| bad())?);
     let (kind, recipient, feed) = keys::parse_receipt(key).ok_or_else(bad)?;
-    let stored = StoredReceipt::decode(value).map_err(|e| corrupt("receipt", e))?;
+    let stored = StoredReceipt::decode(value.as_ref()).map_err(|e| corrupt("receipt", e))?;
     Ok(Receipt {
         alert,
         kind: ReceiptKind::from_code(kind).ok_or_else(bad)?,

@@ -40,6 +40,7 @@ use super::error::{StoreError, corrupt};
 use super::faults::{Fault, Faults, injected};
 use super::flusher::{self, Outlet};
 use super::meta::{self, State};
+use super::seal::Seal;
 use super::space::Space;
 use super::wal::{self, Wal};
 use super::{keys, lock, outbox, receipts};
@@ -77,6 +78,8 @@ pub struct Writer {
     /// Whether alerts are accepted, for readers; shared with the handle.
     pub writes: Arc<watch::Sender<super::Writes>>,
     pub faults: Option<Arc<Faults>>,
+    /// Seals what the store writes (clear when it is not encrypted).
+    pub seal: Seal,
 }
 
 impl Writer {
@@ -225,6 +228,7 @@ impl Writer {
                 Command::Receipt { receipts, reply } => {
                     let result = receipts::stage(
                         &self.log,
+                        &self.seal,
                         &mut group,
                         &mut self.chain,
                         &receipts,
@@ -380,6 +384,7 @@ impl Writer {
             AppendKind::Inbox => self.state.meta.inbox += 1,
             AppendKind::Outbox(limits) => outbox::enqueue(
                 &self.log,
+                &self.seal,
                 group,
                 &mut self.state.meta,
                 &record,
@@ -397,9 +402,11 @@ impl Writer {
         {
             group
                 .batch
-                .insert(keys::imported(&record.alert.id), hop.as_bytes());
+                .insert_sealed(&self.seal, keys::imported(&record.alert.id), hop.as_bytes());
         }
-        group.batch.insert(keys::alert(seq), bytes);
+        group
+            .batch
+            .insert_sealed(&self.seal, keys::alert(seq), bytes);
         group
             .batch
             .insert(keys::id(&record.alert.id), keys::id_value(seq, us));
@@ -427,7 +434,7 @@ impl Writer {
         let (seq, us) = keys::parse_id_value(&v).ok_or_else(|| corrupt("id index", alert.id))?;
         match self.log.get(keys::alert(seq)).map_err(sled_err)? {
             Some(stored) => {
-                check_same_origin(&decode_record(seq, &stored)?.alert, alert)?;
+                check_same_origin(&decode_record(&self.seal, seq, &stored)?.alert, alert)?;
                 Ok(Some(Appended {
                     seq,
                     received_at: from_micros(us),
@@ -485,7 +492,7 @@ impl Writer {
         {
             let (k, v) = kv.map_err(|e| StoreError::sled("prune", e))?;
             let seq = keys::alert_seq(&k).ok_or_else(|| corrupt("alert key", format!("{k:?}")))?;
-            let record = decode_record(seq, &v)?;
+            let record = decode_record(&self.seal, seq, &v)?;
             let too_old = cutoff_us.is_some_and(|c| micros(record.received_at) < c);
             let too_big =
                 max_bytes.is_some_and(|m| self.state.meta.bytes.saturating_sub(pruned.bytes) > m);
@@ -495,7 +502,7 @@ impl Writer {
             batch.remove(&k);
             batch.remove(keys::id(&record.alert.id));
             pruned.alerts += 1;
-            pruned.bytes += v.len() as u64;
+            pruned.bytes += (v.len() - self.seal.overhead()) as u64;
             pruned.through = Some(seq);
         }
         let Some(through) = pruned.through else {

@@ -117,6 +117,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `liaison agent` with the node certificate `name` in `certs`.
     pub fn start(upstream: &str, certs: &Path, name: &str, data: &Path) -> AgentProcess {
+        Self::spawn(Self::command(upstream, certs, name, data))
+    }
+
+    /// The `liaison agent` command line these tests use.
+    pub fn command(upstream: &str, certs: &Path, name: &str, data: &Path) -> Command {
         let mut cmd = Command::new(liaison_bin());
         cmd.args([
             "agent",
@@ -134,6 +139,12 @@ impl AgentProcess {
         .arg(certs)
         .arg("--data")
         .arg(data);
+        cmd
+    }
+
+    /// Spawns a prepared `liaison agent` command and waits until it
+    /// listens.
+    pub fn spawn(cmd: Command) -> AgentProcess {
         let (child, url) = spawn_until_ready(cmd, "liaison agent: listening on ");
         AgentProcess { child, url }
     }
