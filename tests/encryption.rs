@@ -303,8 +303,14 @@ fn wipe_destroys_the_keys_stops_the_agent_and_leaves_nothing_readable() {
 async fn acknowledged_alerts_of_an_encrypted_agent_survive_kill_9() {
     let t = tempfile::tempdir().expect("tmp");
     let pki = Pki::new();
-    liaison::pki::issue_node(pki.path(), &TJ_POST.parse().expect("urn"), "post", 30, false)
-        .expect("issue");
+    liaison::pki::issue_node(
+        pki.path(),
+        &TJ_POST.parse().expect("urn"),
+        "post",
+        30,
+        false,
+    )
+    .expect("issue");
     let data = t.path().join("agent-data");
     let key_file = t.path().join("post.key");
     let command = || {
@@ -326,7 +332,10 @@ async fn acknowledged_alerts_of_an_encrypted_agent_survive_kill_9() {
     agent.kill9();
     let agent = AgentProcess::spawn(command());
     let status = agent_status(&agent.url).await;
-    assert_eq!(status.outbox_depth, 50, "every acknowledged alert is queued");
+    assert_eq!(
+        status.outbox_depth, 50,
+        "every acknowledged alert is queued"
+    );
     let mut local = liaison::client::connect(&agent.url, None)
         .await
         .expect("connect");
@@ -341,4 +350,47 @@ async fn acknowledged_alerts_of_an_encrypted_agent_survive_kill_9() {
     }
     drop(agent);
     assert!(files_holding(&data, SECRET.as_bytes()).is_empty());
+}
+
+#[test]
+fn rekey_moves_an_agent_from_a_key_file_to_a_passphrase() {
+    let t = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new();
+    liaison::pki::issue_node(
+        pki.path(),
+        &TJ_POST.parse().expect("urn"),
+        "post",
+        30,
+        false,
+    )
+    .expect("issue");
+    let data = t.path().join("agent-data");
+    let key_file = t.path().join("post.key");
+    let mut first = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
+    first.arg("--key-file").arg(&key_file);
+    drop(AgentProcess::spawn(first));
+
+    let out = Command::new(liaison_bin())
+        .args(["agent", "rekey", "--new-passphrase", "--data"])
+        .arg(&data)
+        .arg("--key-file")
+        .arg(&key_file)
+        .env("LIAISON_NEW_PASSPHRASE", "the officer's new passphrase")
+        .output()
+        .expect("rekey");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old key file no longer opens it; the passphrase does.
+    let mut old = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
+    old.arg("--key-file").arg(&key_file);
+    let (status, said) = run_to_exit(old);
+    assert!(!status.success());
+    assert!(said.contains("passphrase"), "{said}");
+    let mut new = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
+    new.arg("--passphrase")
+        .env("LIAISON_PASSPHRASE", "the officer's new passphrase");
+    drop(AgentProcess::spawn(new));
 }

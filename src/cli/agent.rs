@@ -39,6 +39,29 @@ pub enum AgentCommand {
     /// running on the directory, then removes the data directory. No
     /// questions asked.
     Wipe(AgentWipeArgs),
+    /// Change what unlocks an encrypted store (a new key file, or a new
+    /// passphrase): the data key is wrapped anew, the data is not
+    /// rewritten (docs/security.md#changing-the-key).
+    Rekey(AgentRekeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRekeyArgs {
+    /// The data directory (an agent's or a broker's).
+    #[arg(long, env = "LIAISON_AGENT_DATA", default_value = "agent-data")]
+    pub data: PathBuf,
+    /// The key file that opens the store now.
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
+    pub key_file: Option<PathBuf>,
+    /// The passphrase that opens it now ($LIAISON_PASSPHRASE, or asked).
+    #[arg(long)]
+    pub passphrase: bool,
+    /// The new key file (made, mode 0600, when it does not exist).
+    #[arg(long, value_name = "FILE", conflicts_with = "new_passphrase")]
+    pub new_key_file: Option<PathBuf>,
+    /// A new passphrase ($LIAISON_NEW_PASSPHRASE, or asked).
+    #[arg(long)]
+    pub new_passphrase: bool,
 }
 
 #[derive(Debug, Args)]
@@ -132,8 +155,39 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
     match args.command {
         Some(AgentCommand::Status(s)) => status(s).await,
         Some(AgentCommand::Wipe(w)) => wipe(&w),
+        Some(AgentCommand::Rekey(r)) => rekey(&r),
         None => serve(args.run).await,
     }
+}
+
+fn rekey(args: &AgentRekeyArgs) -> Result<ExitCode> {
+    use super::serve::read_passphrase;
+    use liaison::store::KeySource;
+    let old = match (&args.key_file, args.passphrase) {
+        (Some(f), _) => KeySource::File(f.clone()),
+        (None, true) => KeySource::Passphrase(read_passphrase(
+            "LIAISON_PASSPHRASE",
+            "the store's passphrase now",
+        )?),
+        (None, false) => bail!("say what opens the store now: --key-file FILE or --passphrase"),
+    };
+    let new = match (&args.new_key_file, args.new_passphrase) {
+        (Some(f), _) => KeySource::File(f.clone()),
+        (None, true) => KeySource::Passphrase(read_passphrase(
+            "LIAISON_NEW_PASSPHRASE",
+            "the new passphrase",
+        )?),
+        (None, false) => {
+            bail!("say what opens it from now on: --new-key-file FILE or --new-passphrase")
+        }
+    };
+    liaison::store::vault::rekey(&args.data, &old, &new)
+        .map_err(|e| anyhow::anyhow!("the key was not changed: {e}"))?;
+    println!(
+        "{}: the store opens with the new key only; destroy the old one (the data key is unchanged: see docs/security.md)",
+        args.data.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn wipe(args: &AgentWipeArgs) -> Result<ExitCode> {

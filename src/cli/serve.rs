@@ -124,7 +124,10 @@ impl StoreArgs {
         config.key = if let Some(f) = &self.key_file {
             Some(KeySource::File(f.clone()))
         } else if self.passphrase {
-            Some(KeySource::Passphrase(read_passphrase()?))
+            Some(KeySource::Passphrase(read_passphrase(
+                "LIAISON_PASSPHRASE",
+                "passphrase for the store",
+            )?))
         } else {
             None
         };
@@ -137,20 +140,20 @@ impl StoreArgs {
     }
 }
 
-/// The store's passphrase: `$LIAISON_PASSPHRASE`, else asked on the
-/// terminal without echo, else a line of standard input.
+/// A passphrase: `$env`, else asked on the terminal without echo (with
+/// `prompt`), else a line of standard input.
 ///
 /// # Errors
 /// When none is given.
-fn read_passphrase() -> Result<zeroize::Zeroizing<String>> {
+pub(super) fn read_passphrase(env: &str, prompt: &str) -> Result<zeroize::Zeroizing<String>> {
     use std::io::{BufRead, IsTerminal, Write};
-    if let Ok(p) = std::env::var("LIAISON_PASSPHRASE") {
+    if let Ok(p) = std::env::var(env) {
         return Ok(zeroize::Zeroizing::new(p));
     }
     let stdin = std::io::stdin();
     let mut line = zeroize::Zeroizing::new(String::new());
     if stdin.is_terminal() {
-        eprint!("passphrase for the store: ");
+        eprint!("{prompt}: ");
         let _ = std::io::stderr().flush();
         let _echo = NoEcho::new();
         stdin.lock().read_line(&mut line)?;
@@ -160,7 +163,7 @@ fn read_passphrase() -> Result<zeroize::Zeroizing<String>> {
     }
     let p = line.trim_end_matches(['\n', '\r']).to_owned();
     if p.is_empty() {
-        anyhow::bail!("--passphrase: no passphrase given (set LIAISON_PASSPHRASE or type it)");
+        anyhow::bail!("no passphrase given (set {env} or type it)");
     }
     Ok(zeroize::Zeroizing::new(p))
 }

@@ -230,7 +230,17 @@ fn create_vault(
 ) -> Result<Zeroizing<[u8; 32]>, StoreError> {
     let io = |what: &str, e: std::io::Error| key_error(dir, format!("{what}: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| io("creating the data directory", e))?;
-    let (kek, how) = match source {
+    let (kek, how) = new_unlock(dir, source)?;
+    let data_key = random::<32>().map_err(|e| io("random", e))?;
+    write_vault(dir, vault, &kek, how, &data_key)?;
+    Ok(data_key)
+}
+
+/// The key-encryption key for a new vault, and how the vault says to
+/// derive it again (a key file is made when it does not exist).
+fn new_unlock(dir: &Path, source: &KeySource) -> Result<(Zeroizing<[u8; 32]>, Value), StoreError> {
+    let io = |what: &str, e: std::io::Error| key_error(dir, format!("{what}: {e}"));
+    Ok(match source {
         KeySource::File(path) => {
             if is_inside(path, dir) {
                 return Err(key_error(
@@ -265,12 +275,23 @@ fn create_vault(
                        "p": ARGON2_P, "salt": hex(salt.as_ref())}}),
             )
         }
-    };
-    let data_key = random::<32>().map_err(|e| io("random", e))?;
+    })
+}
+
+/// Writes the vault file: `data_key` wrapped under `kek` (atomically: a
+/// new file renamed over the old, then the directory synced).
+fn write_vault(
+    dir: &Path,
+    vault: &Path,
+    kek: &[u8; 32],
+    how: Value,
+    data_key: &[u8; 32],
+) -> Result<(), StoreError> {
+    let io = |what: &str, e: std::io::Error| key_error(dir, format!("{what}: {e}"));
     let nonce = random::<12>().map_err(|e| io("random", e))?;
     let mut wrapped = data_key.to_vec();
     #[allow(clippy::expect_used)]
-    wrap_key(&kek)
+    wrap_key(kek)
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(*nonce),
             Aad::from(WRAP_AAD),
@@ -297,7 +318,36 @@ fn create_vault(
         .and_then(|()| std::fs::rename(&tmp, vault))
         .and_then(|()| File::open(dir)?.sync_all())
         .map_err(|e| io("writing the vault file", e))?;
-    Ok(data_key)
+    Ok(())
+}
+
+/// Changes what unlocks the store in `dir`: the data key, unwrapped with
+/// `old`, is wrapped anew under `new` (a key file is made when it does not
+/// exist). The data key itself stays: sealed values are not rewritten, so
+/// a copy of the old vault file together with the old key still opens
+/// the data it covers — rekeying protects what is written from now on
+/// against a lost or exposed old key only with the old vault gone too.
+///
+/// # Errors
+/// When the store is not encrypted, `old` does not open it, `new` is the
+/// same key file or unusable, or the vault cannot be written (the old one
+/// stays in place then).
+pub fn rekey(dir: &Path, old: &KeySource, new: &KeySource) -> Result<(), StoreError> {
+    let vault = dir.join(VAULT_FILE);
+    if !vault.exists() {
+        return Err(key_error(
+            dir,
+            "the store is not encrypted (no vault file): there is no key to change",
+        ));
+    }
+    if let (KeySource::File(a), KeySource::File(b)) = (old, new)
+        && std::path::absolute(a).ok() == std::path::absolute(b).ok()
+    {
+        return Err(key_error(dir, "the new key file is the old one"));
+    }
+    let data_key = open_vault(dir, &vault, old)?;
+    let (kek, how) = new_unlock(dir, new)?;
+    write_vault(dir, &vault, &kek, how, &data_key)
 }
 
 fn open_vault(
@@ -657,6 +707,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vault") && e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn rekey_moves_the_store_to_a_new_key_and_the_old_one_stops_opening_it() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        let old = KeySource::File(t.path().join("old.key"));
+        let v = unlock(&data, Some(&old))
+            .unwrap()
+            .seal(crate::store::seal::Tree::Log, b"k", b"v");
+        let new = pass("a brand new passphrase");
+        let e = rekey(&data, &pass("not the key at all"), &new)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key file"), "{e}");
+        let e = rekey(&data, &old, &old).unwrap_err().to_string();
+        assert!(e.contains("the old one"), "{e}");
+        rekey(&data, &old, &new).unwrap();
+        assert!(
+            unlock(&data, Some(&old)).is_err(),
+            "the old key no longer opens it"
+        );
+        let s = unlock(&data, Some(&new)).unwrap();
+        assert_eq!(
+            s.open("x", crate::store::seal::Tree::Log, b"k", &v)
+                .unwrap()
+                .as_ref(),
+            b"v"
+        );
+        // And back to a new key file.
+        let newer = KeySource::File(t.path().join("newer.key"));
+        rekey(&data, &new, &newer).unwrap();
+        assert!(unlock(&data, Some(&newer)).is_ok());
+        let clear = t.path().join("clear");
+        assert!(
+            rekey(&clear, &old, &new)
+                .unwrap_err()
+                .to_string()
+                .contains("not encrypted")
+        );
     }
 
     #[test]
