@@ -232,6 +232,28 @@ async fn an_encrypted_broker_keeps_its_alerts_sealed_and_reads_them_after_a_rest
     broker.stop().await;
     let found = files_holding(&broker.data_dir(), SECRET.as_bytes());
     assert!(found.is_empty(), "found in clear in {found:?}");
+
+    // The audit trail of the stopped broker, verified offline: with the key
+    // (its records are sealed too), and refused without it.
+    let verify = |key: Option<&Path>| {
+        let mut c = Command::new(liaison_bin());
+        c.args(["audit", "verify", "--data"]).arg(broker.data_dir());
+        if let Some(k) = key {
+            c.arg("--key-file").arg(k);
+        }
+        c.env_remove("LIAISON_KEY_FILE")
+            .output()
+            .expect("audit verify")
+    };
+    let out = verify(Some(&key_file));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("intact"), "{said}");
+    let out = verify(None);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("encrypted"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -79,6 +79,8 @@ pub enum AuditCommand {
         /// The broker's data directory.
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        #[command(flatten)]
+        key: StoreKeyArgs,
     },
     /// Write the audit trail as JSON lines (for oversight).
     Export {
@@ -88,7 +90,42 @@ pub enum AuditCommand {
         /// Only records at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        #[command(flatten)]
+        key: StoreKeyArgs,
     },
+}
+
+/// The key of an encrypted store (docs/security.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreKeyArgs {
+    /// The store's key file, when it is encrypted.
+    #[arg(
+        long,
+        env = "LIAISON_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "passphrase"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// The store's passphrase, when it is encrypted ($LIAISON_PASSPHRASE,
+    /// or asked).
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+impl StoreKeyArgs {
+    fn store_config(&self) -> Result<StoreConfig> {
+        let key = match (&self.key_file, self.passphrase) {
+            (Some(f), _) => Some(liaison::store::KeySource::File(f.clone())),
+            (None, true) => Some(liaison::store::KeySource::Passphrase(
+                super::serve::read_passphrase("LIAISON_PASSPHRASE", "passphrase for the store")?,
+            )),
+            (None, false) => None,
+        };
+        Ok(StoreConfig {
+            key,
+            ..StoreConfig::default()
+        })
+    }
 }
 
 pub async fn policy(cmd: PolicyCommand) -> Result<ExitCode> {
@@ -252,13 +289,15 @@ fn each_record(
 }
 
 pub async fn audit(cmd: AuditCommand) -> Result<ExitCode> {
-    let data = match &cmd {
-        AuditCommand::Verify { data } | AuditCommand::Export { data, .. } => data.clone(),
+    let (data, key) = match &cmd {
+        AuditCommand::Verify { data, key } | AuditCommand::Export { data, key, .. } => {
+            (data.clone(), key.store_config()?)
+        }
     };
     if !data.exists() {
         anyhow::bail!("{} does not exist", data.display());
     }
-    let store = Store::open(&data, StoreConfig::default())
+    let store = Store::open(&data, key)
         .with_context(|| format!("cannot open the store in {}", data.display()))?;
     let code = match cmd {
         AuditCommand::Verify { .. } => {

@@ -502,7 +502,7 @@ impl Writer {
             batch.remove(&k);
             batch.remove(keys::id(&record.alert.id));
             pruned.alerts += 1;
-            pruned.bytes += (v.len() - self.seal.overhead()) as u64;
+            pruned.bytes += v.len().saturating_sub(self.seal.overhead()) as u64;
             pruned.through = Some(seq);
         }
         let Some(through) = pruned.through else {
