@@ -53,6 +53,32 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// An upstream nobody listens on: the post is cut off.
+const CUT_OFF: &str = "https://127.0.0.1:9";
+
+/// A PKI with the post's certificate, `post`, for `liaison agent`
+/// processes.
+fn post_pki() -> Pki {
+    let pki = Pki::new();
+    liaison::pki::issue_node(
+        pki.path(),
+        &TJ_POST.parse().expect("urn"),
+        "post",
+        30,
+        false,
+    )
+    .expect("issue");
+    pki
+}
+
+/// `liaison agent` as the post on `data`, its store encrypted with
+/// `key_file`, cut off from its broker.
+fn cut_off_agent(pki: &Pki, data: &Path, key_file: &Path) -> Command {
+    let mut c = AgentProcess::command(CUT_OFF, pki.path(), "post", data);
+    c.arg("--key-file").arg(key_file);
+    c
+}
+
 fn secret_alert(i: usize) -> pb::Alert {
     let mut a = alert(pb::Category::Drugs, &format!("{SECRET} seizure {i}"));
     a.description = SECRET_TOO.into();
@@ -259,17 +285,12 @@ async fn an_encrypted_broker_keeps_its_alerts_sealed_and_reads_them_after_a_rest
 #[test]
 fn wipe_destroys_the_keys_stops_the_agent_and_leaves_nothing_readable() {
     let t = tempfile::tempdir().expect("tmp");
-    let pki = Pki::new();
-    let name = "post";
-    liaison::pki::issue_node(pki.path(), &TJ_POST.parse().expect("urn"), name, 30, false)
-        .expect("issue");
+    let pki = post_pki();
     let data = t.path().join("agent-data");
     let key_file = t.path().join("keys/post.key");
     // A running encrypted agent (its upstream unreachable: the post is cut
     // off), with a queued alert.
-    let mut cmd_agent = AgentProcess::command("https://127.0.0.1:9", pki.path(), name, &data);
-    cmd_agent.arg("--key-file").arg(&key_file);
-    let mut agent = AgentProcess::spawn(cmd_agent);
+    let mut agent = AgentProcess::spawn(cut_off_agent(&pki, &data, &key_file));
     assert!(key_file.exists() && data.join("vault").exists());
 
     let out = Command::new(liaison_bin())
@@ -307,13 +328,9 @@ fn wipe_destroys_the_keys_stops_the_agent_and_leaves_nothing_readable() {
     // A store whose key is gone (the data left behind) refuses to start.
     let data2 = t.path().join("second");
     let key2 = t.path().join("second.key");
-    let mut cmd = AgentProcess::command("https://127.0.0.1:9", pki.path(), name, &data2);
-    cmd.arg("--key-file").arg(&key2);
-    drop(AgentProcess::spawn(cmd));
+    drop(AgentProcess::spawn(cut_off_agent(&pki, &data2, &key2)));
     std::fs::remove_file(&key2).expect("key gone");
-    let mut cmd = AgentProcess::command("https://127.0.0.1:9", pki.path(), name, &data2);
-    cmd.arg("--key-file").arg(&key2);
-    let (status, said) = run_to_exit(cmd);
+    let (status, said) = run_to_exit(cut_off_agent(&pki, &data2, &key2));
     assert!(!status.success());
     assert!(
         said.contains("second.key") && said.contains("wiped"),
@@ -324,23 +341,10 @@ fn wipe_destroys_the_keys_stops_the_agent_and_leaves_nothing_readable() {
 #[tokio::test]
 async fn acknowledged_alerts_of_an_encrypted_agent_survive_kill_9() {
     let t = tempfile::tempdir().expect("tmp");
-    let pki = Pki::new();
-    liaison::pki::issue_node(
-        pki.path(),
-        &TJ_POST.parse().expect("urn"),
-        "post",
-        30,
-        false,
-    )
-    .expect("issue");
+    let pki = post_pki();
     let data = t.path().join("agent-data");
     let key_file = t.path().join("post.key");
-    let command = || {
-        let mut c = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
-        c.arg("--key-file").arg(&key_file);
-        c
-    };
-    let agent = AgentProcess::spawn(command());
+    let agent = AgentProcess::spawn(cut_off_agent(&pki, &data, &key_file));
     let mut local = liaison::client::connect(&agent.url, None)
         .await
         .expect("connect");
@@ -352,7 +356,7 @@ async fn acknowledged_alerts_of_an_encrypted_agent_survive_kill_9() {
     }
     // Acknowledged, then SIGKILL: no shutdown, no checkpoint.
     agent.kill9();
-    let agent = AgentProcess::spawn(command());
+    let agent = AgentProcess::spawn(cut_off_agent(&pki, &data, &key_file));
     let status = agent_status(&agent.url).await;
     assert_eq!(
         status.outbox_depth, 50,
@@ -377,20 +381,10 @@ async fn acknowledged_alerts_of_an_encrypted_agent_survive_kill_9() {
 #[test]
 fn rekey_moves_an_agent_from_a_key_file_to_a_passphrase() {
     let t = tempfile::tempdir().expect("tmp");
-    let pki = Pki::new();
-    liaison::pki::issue_node(
-        pki.path(),
-        &TJ_POST.parse().expect("urn"),
-        "post",
-        30,
-        false,
-    )
-    .expect("issue");
+    let pki = post_pki();
     let data = t.path().join("agent-data");
     let key_file = t.path().join("post.key");
-    let mut first = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
-    first.arg("--key-file").arg(&key_file);
-    drop(AgentProcess::spawn(first));
+    drop(AgentProcess::spawn(cut_off_agent(&pki, &data, &key_file)));
 
     let out = Command::new(liaison_bin())
         .args(["agent", "rekey", "--new-passphrase", "--data"])
@@ -406,12 +400,10 @@ fn rekey_moves_an_agent_from_a_key_file_to_a_passphrase() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The old key file no longer opens it; the passphrase does.
-    let mut old = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
-    old.arg("--key-file").arg(&key_file);
-    let (status, said) = run_to_exit(old);
+    let (status, said) = run_to_exit(cut_off_agent(&pki, &data, &key_file));
     assert!(!status.success());
     assert!(said.contains("passphrase"), "{said}");
-    let mut new = AgentProcess::command("https://127.0.0.1:9", pki.path(), "post", &data);
+    let mut new = AgentProcess::command(CUT_OFF, pki.path(), "post", &data);
     new.arg("--passphrase")
         .env("LIAISON_PASSPHRASE", "the officer's new passphrase");
     drop(AgentProcess::spawn(new));

@@ -50,12 +50,9 @@ pub struct AgentRekeyArgs {
     /// The data directory (an agent's or a broker's).
     #[arg(long, env = "LIAISON_AGENT_DATA", default_value = "agent-data")]
     pub data: PathBuf,
-    /// The key file that opens the store now.
-    #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
-    pub key_file: Option<PathBuf>,
-    /// The passphrase that opens it now ($LIAISON_PASSPHRASE, or asked).
-    #[arg(long)]
-    pub passphrase: bool,
+    /// What opens the store now.
+    #[command(flatten)]
+    pub key: super::serve::StoreKeyArgs,
     /// The new key file (made, mode 0600, when it does not exist).
     #[arg(long, value_name = "FILE", conflicts_with = "new_passphrase")]
     pub new_key_file: Option<PathBuf>,
@@ -163,13 +160,8 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
 fn rekey(args: &AgentRekeyArgs) -> Result<ExitCode> {
     use super::serve::read_passphrase;
     use liaison::store::KeySource;
-    let old = match (&args.key_file, args.passphrase) {
-        (Some(f), _) => KeySource::File(f.clone()),
-        (None, true) => KeySource::Passphrase(read_passphrase(
-            "LIAISON_PASSPHRASE",
-            "the store's passphrase now",
-        )?),
-        (None, false) => bail!("say what opens the store now: --key-file FILE or --passphrase"),
+    let Some(old) = args.key.key_source()? else {
+        bail!("say what opens the store now: --key-file FILE or --passphrase");
     };
     let new = match (&args.new_key_file, args.new_passphrase) {
         (Some(f), _) => KeySource::File(f.clone()),

@@ -83,9 +83,17 @@ pub struct StoreArgs {
     /// redeliver.
     #[arg(long, default_value = "1s")]
     pub checkpoint_interval: String,
+    #[command(flatten)]
+    pub key: StoreKeyArgs,
+}
+
+/// The key of an encrypted store (docs/security.md): `serve`, `agent`
+/// and the commands that open a stopped store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreKeyArgs {
     /// Encrypt the store at rest with the key in FILE (kept outside the
     /// data directory; made, mode 0600, when a new store starts and FILE
-    /// does not exist). An encrypted store does not start without it.
+    /// does not exist). An encrypted store does not open without it.
     #[arg(
         long,
         env = "LIAISON_KEY_FILE",
@@ -98,6 +106,23 @@ pub struct StoreArgs {
     /// standard input.
     #[arg(long)]
     pub passphrase: bool,
+}
+
+impl StoreKeyArgs {
+    /// What unlocks the store (`None`: not encrypted).
+    ///
+    /// # Errors
+    /// When `--passphrase` is given and none can be read.
+    pub fn key_source(&self) -> Result<Option<KeySource>> {
+        Ok(match (&self.key_file, self.passphrase) {
+            (Some(f), _) => Some(KeySource::File(f.clone())),
+            (None, true) => Some(KeySource::Passphrase(read_passphrase(
+                "LIAISON_PASSPHRASE",
+                "passphrase for the store",
+            )?)),
+            (None, false) => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,16 +146,7 @@ impl StoreArgs {
         if config.wal.checkpoint_every.is_zero() {
             anyhow::bail!("--checkpoint-interval must be more than 0");
         }
-        config.key = if let Some(f) = &self.key_file {
-            Some(KeySource::File(f.clone()))
-        } else if self.passphrase {
-            Some(KeySource::Passphrase(read_passphrase(
-                "LIAISON_PASSPHRASE",
-                "passphrase for the store",
-            )?))
-        } else {
-            None
-        };
+        config.key = self.key.key_source()?;
         config.wal.recovery = match self.wal_recovery {
             WalRecoveryArg::Strict => WalRecovery::Strict,
             WalRecoveryArg::PointInTime => WalRecovery::PointInTime,

@@ -80,7 +80,7 @@ pub enum AuditCommand {
         #[arg(long, default_value = "data")]
         data: PathBuf,
         #[command(flatten)]
-        key: StoreKeyArgs,
+        key: super::serve::StoreKeyArgs,
     },
     /// Write the audit trail as JSON lines (for oversight).
     Export {
@@ -91,41 +91,8 @@ pub enum AuditCommand {
         #[arg(long)]
         since: Option<String>,
         #[command(flatten)]
-        key: StoreKeyArgs,
+        key: super::serve::StoreKeyArgs,
     },
-}
-
-/// The key of an encrypted store (docs/security.md).
-#[derive(Debug, Clone, clap::Args)]
-pub struct StoreKeyArgs {
-    /// The store's key file, when it is encrypted.
-    #[arg(
-        long,
-        env = "LIAISON_KEY_FILE",
-        value_name = "FILE",
-        conflicts_with = "passphrase"
-    )]
-    pub key_file: Option<PathBuf>,
-    /// The store's passphrase, when it is encrypted ($LIAISON_PASSPHRASE,
-    /// or asked).
-    #[arg(long)]
-    pub passphrase: bool,
-}
-
-impl StoreKeyArgs {
-    fn store_config(&self) -> Result<StoreConfig> {
-        let key = match (&self.key_file, self.passphrase) {
-            (Some(f), _) => Some(liaison::store::KeySource::File(f.clone())),
-            (None, true) => Some(liaison::store::KeySource::Passphrase(
-                super::serve::read_passphrase("LIAISON_PASSPHRASE", "passphrase for the store")?,
-            )),
-            (None, false) => None,
-        };
-        Ok(StoreConfig {
-            key,
-            ..StoreConfig::default()
-        })
-    }
 }
 
 pub async fn policy(cmd: PolicyCommand) -> Result<ExitCode> {
@@ -291,7 +258,11 @@ fn each_record(
 pub async fn audit(cmd: AuditCommand) -> Result<ExitCode> {
     let (data, key) = match &cmd {
         AuditCommand::Verify { data, key } | AuditCommand::Export { data, key, .. } => {
-            (data.clone(), key.store_config()?)
+            let config = StoreConfig {
+                key: key.key_source()?,
+                ..StoreConfig::default()
+            };
+            (data.clone(), config)
         }
     };
     if !data.exists() {

@@ -94,11 +94,20 @@ fn derive(data_key: &[u8; 32], salt: &[u8; SALT]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes.as_ref()).expect("a 32-byte AES key"))
 }
 
-fn aad(tree: Tree, key: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(1 + key.len());
-    a.push(tree as u8);
-    a.extend_from_slice(key);
-    a
+/// The associated data of a value: its tree and key, built on the stack
+/// (keys are short; a longer one goes to the heap).
+fn with_aad<R>(tree: Tree, key: &[u8], f: impl FnOnce(Aad<&[u8]>) -> R) -> R {
+    let mut stack = [0u8; 128];
+    let mut heap = Vec::new();
+    let buf = if key.len() < stack.len() {
+        &mut stack[..=key.len()]
+    } else {
+        heap.resize(key.len() + 1, 0);
+        &mut heap[..]
+    };
+    buf[0] = tree as u8;
+    buf[1..].copy_from_slice(key);
+    f(Aad::from(&buf[..]))
 }
 
 impl Seal {
@@ -153,14 +162,14 @@ impl Seal {
         out.extend_from_slice(value);
         // Sealing fails only for inputs longer than GCM allows (64 GiB).
         #[allow(clippy::expect_used)]
-        let tag = k
-            .key
-            .seal_in_place_separate_tag(
+        let tag = with_aad(tree, key, |aad| {
+            k.key.seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(tree, key)),
+                aad,
                 &mut out[start..],
             )
-            .expect("a value far below GCM's limit");
+        })
+        .expect("a value far below GCM's limit");
         out.extend_from_slice(tag.as_ref());
     }
 
@@ -199,24 +208,18 @@ impl Seal {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&value[1 + SALT..1 + SALT + COUNTER]);
         let mut buf = value[1 + SALT + COUNTER..].to_vec();
-        let opened = if salt == k.salt {
-            k.key
-                .open_in_place(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(aad(tree, key)),
-                    &mut buf,
-                )
-                .map(|p| p.len())
+        let earlier;
+        let key_for_salt = if salt == k.salt {
+            &k.key
         } else {
-            let earlier = self.earlier(k, &salt);
-            earlier
-                .open_in_place(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(aad(tree, key)),
-                    &mut buf,
-                )
-                .map(|p| p.len())
+            earlier = self.earlier(k, &salt);
+            &*earlier
         };
+        let opened = with_aad(tree, key, |aad| {
+            key_for_salt
+                .open_in_place(Nonce::assume_unique_for_key(nonce), aad, &mut buf)
+                .map(|p| p.len())
+        });
         let len = opened.map_err(|_| {
             corrupt(
                 what,
