@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/liaison/v1/agent.proto",
         "proto/liaison/v1/admin.proto",
         "proto/liaison/v1/federation.proto",
+        "proto/liaison/v1/bundle.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -44,6 +44,10 @@ pub enum AuditKind {
     ImportRefused,
     /// A federation link came up or went down.
     Link,
+    /// An offline bundle was imported (actor: its sender) or exported
+    /// (actor: its recipient), or a bundle was refused (actor: the caller).
+    Bundle,
+    BundleRefused,
 }
 
 impl AuditKind {
@@ -61,6 +65,8 @@ impl AuditKind {
             AuditKind::Imported => "imported",
             AuditKind::ImportRefused => "import_refused",
             AuditKind::Link => "link",
+            AuditKind::Bundle => "bundle",
+            AuditKind::BundleRefused => "bundle_refused",
         }
     }
 }

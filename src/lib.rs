@@ -18,6 +18,7 @@
 //! | [`server`] | `run(listener, config, shutdown)`: wires it all together |
 //! | [`agent`] | `liaison agent`: outbox, inbox and the upstream link of a remote post |
 //! | [`federation`] | links between national brokers: export cursors, signed alerts, verified imports |
+//! | [`bundle`] | offline bundles: a post's alerts and the broker's receipts on removable media, signed and encrypted (HPKE) |
 //! | [`client`] | connecting to a broker as a node |
 //! | [`console`] | `liaison console`: the officer's web page, served on loopback as the officer's node |
 //! | [`json`] | the JSON form of alerts (command line, console) |
@@ -48,6 +49,7 @@ pub mod agent;
 pub mod alert;
 pub mod audit;
 pub mod broker;
+pub mod bundle;
 pub mod cap;
 pub mod client;
 pub mod console;

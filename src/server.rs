@@ -228,9 +228,15 @@ impl Opened {
         let mut services = grpc::serve::services(&broker, &shutdown.child_token())
             .await
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
-        services.router = services.router.add_service(AdminServer::new(
-            AdminService::new(broker.clone(), connections).with_federation(federation.clone()),
-        ));
+        services.router = services.router.add_service(
+            AdminServer::new(
+                AdminService::new(broker.clone(), connections)
+                    .with_federation(federation.clone())
+                    .with_bundles(config.tls.clone()),
+            )
+            .max_decoding_message_size(crate::bundle::MAX_FILE_BYTES + 4096)
+            .max_encoding_message_size(crate::bundle::MAX_FILE_BYTES + 4096),
+        );
         if let Some(federation) = &federation {
             services.router = services.router.add_service(
                 FederationServer::new(FederationService::new(

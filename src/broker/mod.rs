@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub use admin::{FeedView, LogStats};
-pub use feed::{FeedEnd, FeedEvent, FeedHandle, FeedOpened, FeedSpec, Start};
+pub use feed::{FeedEnd, FeedEvent, FeedHandle, FeedOpened, FeedSpec, Pending, Start};
 pub use retention::Retention;
 pub use sharing::PolicyChange;
 
@@ -44,6 +44,10 @@ pub enum BrokerError {
     NoPolicyFile,
     #[error("the policy file {file} was refused; the policy in force stays: {}", errors.join("; "))]
     PolicyRefused { file: String, errors: Vec<String> },
+    #[error(
+        "the feed `{feed}` of {owner} has a live subscription: the post is online and its inbox follows the link (bundles are for when it is not)"
+    )]
+    FeedBusy { owner: String, feed: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -140,7 +144,8 @@ impl Broker {
         }
     }
 
-    fn store(&self) -> &Store {
+    /// The store under this core.
+    pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -339,6 +344,37 @@ impl Broker {
             return Err(self.refused(&owner, None, denied).await);
         }
         feed::open(self, owner, spec).await
+    }
+
+    /// What `owner`'s durable feed `name` owes it, without delivering it:
+    /// the content of an offline bundle (see [`Pending`]).
+    ///
+    /// # Errors
+    /// [`BrokerError::FeedBusy`] while a subscription holds the feed;
+    /// [`BrokerError::Denied`] when the owner may not subscribe; storage
+    /// errors.
+    pub async fn feed_pending(
+        &self,
+        owner: &NodeId,
+        name: &str,
+        max_alerts: usize,
+        max_bytes: u64,
+    ) -> Result<Pending, BrokerError> {
+        feed::offline::pending(self, owner, name, max_alerts, max_bytes).await
+    }
+
+    /// Acknowledges deliveries of `owner`'s feed `name` that an offline
+    /// bundle carried (its receipt came back); returns how many were new.
+    ///
+    /// # Errors
+    /// As [`Broker::feed_pending`].
+    pub async fn feed_acknowledge(
+        &self,
+        owner: &NodeId,
+        name: &str,
+        seqs: &[u64],
+    ) -> Result<u64, BrokerError> {
+        feed::offline::acknowledge(self, owner, name, seqs).await
     }
 
     /// Runs the retention loop until shutdown.

@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod alert_args;
 mod bench;
+mod bundle;
 mod cap;
 mod client_cmds;
 pub mod config;
@@ -78,6 +79,10 @@ pub enum Command {
     /// Configuration files of `serve` and `agent`.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Offline bundles: alerts on removable media between a post with no
+    /// link and its national broker, and the receipts that come back.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// Administrator views: feeds, connected nodes, totals.
     #[command(subcommand)]
     Admin(admin::AdminView),
@@ -237,6 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Receipts(args) => sharing::receipts(args).await,
         Command::Policy(cmd) => sharing::policy(cmd).await,
         Command::Audit(cmd) => sharing::audit(cmd).await,
+        Command::Bundle(cmd) => bundle::run(cmd).await,
     }
 }
 

@@ -38,7 +38,7 @@ pub const MAX_BATCH: usize = 4096;
 const HASH: usize = 32;
 
 /// The schemes a broker signs with, in order of preference.
-const SCHEMES: &[SignatureScheme] = &[
+pub(crate) const SCHEMES: &[SignatureScheme] = &[
     SignatureScheme::ED25519,
     SignatureScheme::ECDSA_NISTP256_SHA256,
     SignatureScheme::ECDSA_NISTP384_SHA384,
@@ -428,7 +428,7 @@ pub fn verify(att: &pb::Attestation, origins: &[Origin]) -> Result<Attested, Unp
     })
 }
 
-fn scheme_name(s: SignatureScheme) -> &'static str {
+pub(crate) fn scheme_name(s: SignatureScheme) -> &'static str {
     match s {
         SignatureScheme::ED25519 => "ED25519",
         SignatureScheme::ECDSA_NISTP256_SHA256 => "ECDSA_NISTP256_SHA256",
@@ -438,7 +438,9 @@ fn scheme_name(s: SignatureScheme) -> &'static str {
     }
 }
 
-fn algorithm(name: &str) -> Option<&'static dyn rustls::pki_types::SignatureVerificationAlgorithm> {
+pub(crate) fn algorithm(
+    name: &str,
+) -> Option<&'static dyn rustls::pki_types::SignatureVerificationAlgorithm> {
     Some(match name {
         "ED25519" => webpki::ring::ED25519,
         "ECDSA_NISTP256_SHA256" => webpki::ring::ECDSA_P256_SHA256,

@@ -7,7 +7,12 @@ use tonic::{Request, Response, Status};
 
 use super::authenticated;
 use crate::alert::timestamp;
+use std::sync::Arc;
+
+use crate::audit::{AuditEvent, AuditKind};
 use crate::broker::Broker;
+use crate::bundle::{self, BundleError, Party, Peer};
+use crate::identity::NodeId;
 use crate::proto as pb;
 use crate::proto::admin_server::Admin;
 use crate::tls::Connections;
@@ -17,6 +22,15 @@ pub struct AdminService {
     connections: Connections,
     started: SystemTime,
     federation: Option<crate::federation::Federation>,
+    /// The broker's certificate, key and CA: what opens and signs bundles.
+    bundles: Option<Arc<BundleKeys>>,
+}
+
+struct BundleKeys {
+    files: crate::tls::TlsFiles,
+    /// One import at a time: a bundle's replay check and its record of
+    /// import must not interleave with another copy's.
+    import: tokio::sync::Mutex<()>,
 }
 
 impl AdminService {
@@ -26,6 +40,7 @@ impl AdminService {
             connections,
             started: SystemTime::now(),
             federation: None,
+            bundles: None,
         }
     }
 
@@ -35,12 +50,47 @@ impl AdminService {
         self
     }
 
+    /// Offline bundles, opened and signed with the broker's own
+    /// certificate and key (read at each call, so a renewed certificate
+    /// is used at once).
+    pub fn with_bundles(mut self, files: crate::tls::TlsFiles) -> Self {
+        self.bundles = Some(Arc::new(BundleKeys {
+            files,
+            import: tokio::sync::Mutex::new(()),
+        }));
+        self
+    }
+
+    fn bundle_keys(&self) -> Result<(Arc<BundleKeys>, Party), Status> {
+        let keys = self
+            .bundles
+            .clone()
+            .ok_or_else(|| Status::unimplemented("this broker does not take offline bundles"))?;
+        let party = Party::load(&keys.files).map_err(|e| {
+            Status::failed_precondition(format!("the broker's own certificate and key: {e}"))
+        })?;
+        Ok((keys, party))
+    }
+
+    /// Records a refused bundle in the audit trail, and answers with it.
+    async fn bundle_refused(&self, caller: &NodeId, e: BundleError) -> Status {
+        self.broker
+            .audit_event(AuditEvent::new(
+                AuditKind::BundleRefused,
+                caller.to_string(),
+                None,
+                e.to_string(),
+            ))
+            .await;
+        bundle_status(e)
+    }
+
     /// Administrators only (any node when no policy file is in force).
-    async fn authorise<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    async fn authorise<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
         let node = authenticated(&self.broker, req).await?;
         let policy = self.broker.policy();
         if policy.is_open() || policy.is_administrator(&node) {
-            return Ok(());
+            return Ok(node);
         }
         let denied = crate::policy::Denied(format!("{node} is not an administrator"));
         Err(self.broker.record_refusal(&node, denied).await.into())
@@ -61,6 +111,17 @@ fn change_proto(
     }
 }
 
+/// The status of a refused bundle: ALREADY_EXISTS for a replay, the core's
+/// and the store's own statuses, INVALID_ARGUMENT for the rest.
+fn bundle_status(e: BundleError) -> Status {
+    match e {
+        BundleError::Replayed { .. } => Status::already_exists(e.to_string()),
+        BundleError::Broker(e) => e.into(),
+        BundleError::Store(e) => e.into(),
+        e => Status::invalid_argument(e.to_string()),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -70,6 +131,92 @@ const AUDIT_PAGE: usize = 1024;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn import_bundle(
+        &self,
+        req: Request<pb::ImportBundleRequest>,
+    ) -> Result<Response<pb::ImportBundleResponse>, Status> {
+        let caller = self.authorise(&req).await?;
+        let (keys, party) = self.bundle_keys()?;
+        let _one = keys.import.lock().await;
+        let req = req.into_inner();
+        let expect = bundle::centre::Expect::parse(&req.expect).map_err(bundle_status)?;
+        let imported = match bundle::centre::import(&self.broker, &party, &req.bundle, expect).await
+        {
+            Ok(imported) => imported,
+            Err(e) => return Err(self.bundle_refused(&caller, e).await),
+        };
+        let c = imported.counts;
+        self.broker
+            .audit_event(AuditEvent::new(
+                AuditKind::Bundle,
+                imported.from.clone(),
+                None,
+                format!(
+                    "imported bundle {} (by {caller}): {} stored, {} duplicates, {} refused, {} to retry, {} feed deliveries acknowledged",
+                    imported.id, c.stored, c.duplicates, c.refused, c.retry, imported.acknowledged
+                ),
+            ))
+            .await;
+        Ok(Response::new(pb::ImportBundleResponse {
+            bundle: imported.id.to_string(),
+            from: imported.from,
+            receipt: imported.receipt.unwrap_or_default(),
+            stored: c.stored,
+            duplicates: c.duplicates,
+            refused: c.refused,
+            retry: c.retry,
+            acknowledged: imported.acknowledged,
+        }))
+    }
+
+    async fn export_bundle(
+        &self,
+        req: Request<pb::ExportBundleRequest>,
+    ) -> Result<Response<pb::ExportBundleResponse>, Status> {
+        let caller = self.authorise(&req).await?;
+        let (_, party) = self.bundle_keys()?;
+        let req = req.into_inner();
+        let post = Peer::parse(&req.recipient_certificate)
+            .map_err(|e| Status::invalid_argument(format!("recipient_certificate: {e}")))?;
+        let feed = if req.feed.is_empty() {
+            "inbox"
+        } else {
+            req.feed.as_str()
+        };
+        let max_alerts = match req.max_alerts {
+            0 => bundle::DEFAULT_MAX_ALERTS,
+            n => n as usize,
+        };
+        let max_bytes = match req.max_bytes {
+            0 => bundle::DEFAULT_MAX_BYTES,
+            n => n.min(bundle::DEFAULT_MAX_BYTES),
+        };
+        let exported =
+            match bundle::centre::export(&self.broker, &party, &post, feed, max_alerts, max_bytes)
+                .await
+            {
+                Ok(exported) => exported,
+                Err(e) => return Err(self.bundle_refused(&caller, e).await),
+            };
+        self.broker
+            .audit_event(AuditEvent::new(
+                AuditKind::Bundle,
+                post.name(),
+                None,
+                format!(
+                    "exported bundle {} (by {caller}): {} alerts of feed {feed}, {} left",
+                    exported.id, exported.alerts, exported.remaining
+                ),
+            ))
+            .await;
+        Ok(Response::new(pb::ExportBundleResponse {
+            bundle: exported.file,
+            id: exported.id.to_string(),
+            alerts: exported.alerts,
+            remaining: exported.remaining,
+        }))
+    }
+
     type AuditStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AuditEntry, Status>>;
 
     async fn audit(

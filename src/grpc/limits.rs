@@ -38,6 +38,9 @@ impl<S> tower_layer::Layer<S> for MessageLimit {
     }
 }
 
+/// The one call whose messages may be larger: a bundle file.
+const IMPORT_BUNDLE: &str = "/liaison.v1.Admin/ImportBundle";
+
 #[derive(Debug, Clone)]
 pub struct LimitService<S> {
     inner: S,
@@ -57,7 +60,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let limit = self.limit;
+        let mut limit = self.limit;
+        // An offline bundle is many alerts in one message (administrators
+        // only; the file itself is bounded).
+        if req.uri().path() == IMPORT_BUNDLE {
+            limit.max_bytes = limit.max_bytes.max(crate::bundle::MAX_FILE_BYTES + 4096);
+        }
         self.inner
             .call(req.map(|body| Body::new(Limited::new(body, limit))))
     }

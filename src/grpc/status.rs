@@ -15,6 +15,7 @@ impl From<BrokerError> for Status {
             BrokerError::NotFound => Status::not_found("no such alert"),
             BrokerError::Denied(d) => Status::permission_denied(d.to_string()),
             BrokerError::TakenOver => Status::aborted(e.to_string()),
+            BrokerError::FeedBusy { .. } => Status::failed_precondition(e.to_string()),
             BrokerError::ShuttingDown => Status::unavailable(e.to_string()),
             BrokerError::NoPolicyFile | BrokerError::PolicyRefused { .. } => {
                 Status::failed_precondition(e.to_string())

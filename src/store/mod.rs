@@ -24,6 +24,7 @@
 //! the [`flusher`]; [`open`] (the steps before the writer starts); this
 //! handle, with its reads in [`read`].
 
+mod bundles;
 mod chain;
 mod codec;
 mod command;
@@ -56,6 +57,7 @@ use tracing::warn;
 
 use crate::alert::{Alert, Seq};
 use crate::proto as pb;
+pub use bundles::StoredBundle;
 use command::Command;
 pub use command::{AppendKind, Appended, Meta, OutboxLimits, Outcome, Pruned};
 pub use error::StoreError;
@@ -142,6 +144,8 @@ struct Inner {
     feeds: sled::Tree,
     /// Federation links' export cursors and counters ([`links`]).
     links: sled::Tree,
+    /// Offline bundles imported or answered ([`bundles`]).
+    bundles: sled::Tree,
     /// Shared with the write-ahead log's checkpointer: direct writes (feed
     /// and link state) mark it dirty, so the next checkpoint flushes them.
     wal_shared: Arc<wal::Shared>,
@@ -182,7 +186,7 @@ impl Store {
         if seal.is_encrypted() {
             vault::no_core_dumps();
         }
-        let (db, log, feeds, links) = open_sled(dir, &config)?;
+        let (db, log, feeds, links, bundles) = open_sled(dir, &config)?;
         check_identity(dir, &db, &log)?;
         let failed = Arc::new(Mutex::new(None));
         let space = Arc::new(space::Space::new(
@@ -255,6 +259,7 @@ impl Store {
                 log,
                 feeds,
                 links,
+                bundles,
                 wal_shared,
                 writer: tx,
                 head,

@@ -15,10 +15,10 @@ use crate::audit::{AuditEvent, AuditKind};
 /// message that names them. A database still locked by a store of this
 /// process that is being dropped (sled lets go of its file lock when its
 /// last I/O handle goes, a moment after the drop) is waited for, briefly.
-pub(super) fn open_sled(
-    dir: &Path,
-    config: &StoreConfig,
-) -> Result<(sled::Db, sled::Tree, sled::Tree, sled::Tree), StoreError> {
+/// The database and its trees: log, feeds, links, bundles.
+type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
+
+pub(super) fn open_sled(dir: &Path, config: &StoreConfig) -> Result<Trees, StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         match open_sled_once(dir, config) {
@@ -30,10 +30,7 @@ pub(super) fn open_sled(
     }
 }
 
-fn open_sled_once(
-    dir: &Path,
-    config: &StoreConfig,
-) -> Result<(sled::Db, sled::Tree, sled::Tree, sled::Tree), StoreError> {
+fn open_sled_once(dir: &Path, config: &StoreConfig) -> Result<Trees, StoreError> {
     check_sled_conf(dir)?;
     sled_guard(dir, || {
         let db = sled::Config::new()
@@ -56,7 +53,8 @@ fn open_sled_once(
         let log = db.open_tree("log")?;
         let feeds = db.open_tree("feeds")?;
         let links = db.open_tree("links")?;
-        Ok((db, log, feeds, links))
+        let bundles = db.open_tree("bundles")?;
+        Ok((db, log, feeds, links, bundles))
     })
 }
 

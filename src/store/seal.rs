@@ -46,6 +46,7 @@ pub enum Tree {
     Log = 1,
     Feeds = 2,
     Links = 3,
+    Bundles = 4,
 }
 
 /// Seals and opens values; clear (does nothing) for a store without

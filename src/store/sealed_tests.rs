@@ -72,6 +72,15 @@ async fn every_value_but_index_data_is_sealed_and_reads_back() {
     store
         .save_link("urn:liaison:AF:liaison:broker", &StoredLink::default())
         .unwrap();
+    store
+        .remember_bundle(
+            &uuid::Uuid::now_v7(),
+            &StoredBundle {
+                from: SECRET.into(),
+                ..StoredBundle::default()
+            },
+        )
+        .unwrap();
     store.flush().await.unwrap();
 
     let mut sealed = 0;
@@ -79,6 +88,7 @@ async fn every_value_but_index_data_is_sealed_and_reads_back() {
         ("log", &store.inner.log),
         ("feeds", &store.inner.feeds),
         ("links", &store.inner.links),
+        ("bundles", &store.inner.bundles),
     ] {
         for kv in tree.iter() {
             let (k, v) = kv.unwrap();

@@ -153,6 +153,24 @@ impl AgentProcess {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
+
+    /// SIGTERM, and the exit status once it has stopped (its store
+    /// flushed and released).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        wait_bounded(&mut self.child)
+    }
+
+    /// A plaintext client of its local listener.
+    pub async fn client(&self) -> super::Client {
+        liaison::client::connect(&self.url, None)
+            .await
+            .expect("connect to agent")
+    }
 }
 
 impl Drop for AgentProcess {

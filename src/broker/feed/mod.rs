@@ -36,7 +36,9 @@ use crate::policy::Policy;
 use crate::receipt::{Receipt, ReceiptKind};
 use crate::store::{Store, StoredFeed};
 
+pub(super) mod offline;
 mod spec;
+pub use offline::Pending;
 pub use spec::{FeedSpec, Start};
 
 /// What the subscriber is told when the feed opens.
