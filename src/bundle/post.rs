@@ -27,9 +27,12 @@ pub struct Exported {
     /// Queued alerts left out (limits reached): export again after the
     /// receipt.
     pub remaining: u64,
-    /// Queued alerts left out because they expired (the agent drops them).
+    /// Queued alerts seen to have expired, left out (the agent drops them).
     pub expired: u64,
 }
+
+/// Queued records read from the outbox at a time.
+const PEEK: usize = 1024;
 
 /// Checks that the broker certificate the post was given is its CA's.
 fn check_broker(party: &Party, broker: &Peer) -> Result<(), BundleError> {
@@ -68,23 +71,33 @@ pub fn export(
     max_bytes: u64,
 ) -> Result<Exported, BundleError> {
     check_broker(party, broker)?;
-    let queued = store.outbox_peek(&HashSet::new(), usize::MAX)?;
+    let depth = store.outbox_stats()?.depth;
     let now = SystemTime::now();
     let mut alerts = Vec::new();
-    let (mut bytes, mut remaining, mut expired) = (0u64, 0u64, 0u64);
-    for record in queued {
-        if record.alert.expired_at(now) {
-            expired += 1;
-            continue;
+    let (mut bytes, mut expired) = (0u64, 0u64);
+    // Read in forwarding order, a chunk at a time, only as far as the
+    // bundle fills: the rest is counted, not read.
+    let mut seen = HashSet::new();
+    'read: loop {
+        let chunk = store.outbox_peek(&seen, PEEK)?;
+        if chunk.is_empty() {
+            break;
         }
-        let size = prost::Message::encoded_len(&record.alert.body) as u64;
-        if alerts.len() >= max_alerts || (!alerts.is_empty() && bytes + size > max_bytes) {
-            remaining += 1;
-            continue;
+        for record in chunk {
+            seen.insert(record.seq);
+            if record.alert.expired_at(now) {
+                expired += 1;
+                continue;
+            }
+            let size = prost::Message::encoded_len(&record.alert.body) as u64;
+            if alerts.len() >= max_alerts || (!alerts.is_empty() && bytes + size > max_bytes) {
+                break 'read;
+            }
+            bytes += size;
+            alerts.push(record.alert.to_proto());
         }
-        bytes += size;
-        alerts.push(record.alert.to_proto());
     }
+    let remaining = depth.saturating_sub(alerts.len() as u64 + expired);
     let count = alerts.len() as u64;
     let (id, file) = party.seal(broker, Content::Outbox(pb::BundleAlerts { alerts }))?;
     Ok(Exported {

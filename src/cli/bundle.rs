@@ -149,6 +149,24 @@ impl Side {
         })
     }
 
+    /// Sends a bundle file to the broker's `ImportBundle`.
+    async fn import_at_centre(
+        &self,
+        path: &Path,
+        bundle: Vec<u8>,
+        expect: &str,
+    ) -> Result<pb::ImportBundleResponse> {
+        self.admin()
+            .await?
+            .import_bundle(pb::ImportBundleRequest {
+                bundle,
+                expect: expect.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| anyhow::anyhow!("{}: {}", path.display(), status_error(s)))
+    }
+
     async fn admin(&self) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
         let channel =
             liaison::client::endpoint(&self.conn.broker, self.conn.tls_files()?.as_ref())?
@@ -318,16 +336,7 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let answer = side
-        .admin()
-        .await?
-        .import_bundle(pb::ImportBundleRequest {
-            bundle: file,
-            expect: "alerts".into(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", args.file.display(), status_error(s)))?
-        .into_inner();
+    let answer = side.import_at_centre(&args.file, file, "alerts").await?;
     write(&receipt_out, &answer.receipt)?;
     report(
         side.json,
@@ -385,16 +394,7 @@ async fn ack(args: AckArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let answer = side
-        .admin()
-        .await?
-        .import_bundle(pb::ImportBundleRequest {
-            bundle: file,
-            expect: "receipt".into(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", args.file.display(), status_error(s)))?
-        .into_inner();
+    let answer = side.import_at_centre(&args.file, file, "receipt").await?;
     report(
         side.json,
         &json!({

@@ -59,13 +59,18 @@ impl ServeProcess {
 
     /// SIGTERM, and the exit status once it has stopped.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill -TERM");
-        wait_bounded(&mut self.child)
+        terminate(&mut self.child)
     }
+}
+
+/// SIGTERM to `child`, and its exit status once it has stopped.
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = i32::try_from(child.id()).expect("pid");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    wait_bounded(child)
 }
 
 /// Runs a command that must exit by itself (within [`PATIENCE`]); returns
@@ -157,12 +162,7 @@ impl AgentProcess {
     /// SIGTERM, and the exit status once it has stopped (its store
     /// flushed and released).
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill -TERM");
-        wait_bounded(&mut self.child)
+        terminate(&mut self.child)
     }
 
     /// A plaintext client of its local listener.
